@@ -1,0 +1,136 @@
+"""The base configuration: every field any part of the codebase reads is declared here.
+
+Experiment files in `experiments/` start from `base_config()` and change values only, so a
+mistyped override (`--config.modle.encoder_dim=8`) fails instead of being silently ignored.
+Defaults follow the PyTorch DAC reference (16 kHz model, `../shared/REFERENCE.md`).
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.experiment_name = 'codec'
+  c.seed = 0
+
+  # ---- Generator: DAC encoder / residual VQ / decoder.
+  c.model = ml_collections.ConfigDict()
+  c.model.sample_rate = 16000
+  c.model.encoder_dim = 64
+  c.model.encoder_rates = (2, 4, 5, 8)
+  c.model.latent_dim = 1024  # DAC: encoder_dim * 2 ** len(encoder_rates)
+  c.model.decoder_dim = 1536
+  c.model.decoder_rates = (8, 5, 4, 2)
+  c.model.n_codebooks = 12
+  c.model.codebook_size = 1024
+  c.model.codebook_dim = 8
+  c.model.quantizer_dropout = 0.5
+
+  # ---- Discriminators: 5 multi-period + 3 multi-band complex-STFT = 8.
+  c.discriminator = ml_collections.ConfigDict()
+  c.discriminator.periods = (2, 3, 5, 7, 11)
+  c.discriminator.period_channels = (32, 128, 512, 1024, 1024)
+  c.discriminator.fft_sizes = (2048, 1024, 512)
+  c.discriminator.bands = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+  c.discriminator.band_channels = 32
+
+  # ---- Losses. The launcher's --recon_weight/--vq_weight/--feat_weight/--adv_weight set the
+  # four *_weight fields below; the others weight terms inside a group.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.gan = 'lsgan'  # 'lsgan' (DAC) or 'hinge'
+  c.loss.recon_weight = 15.0  # times (mel + waveform_l1_weight * L1 + stft_weight * STFT)
+  c.loss.waveform_l1_weight = 0.0  # DAC: 0; a high weight makes the output buzzy
+  c.loss.stft_weight = 0.0
+  c.loss.vq_weight = 1.0  # times (commitment_weight * commitment + codebook_weight * codebook)
+  c.loss.commitment_weight = 0.25
+  c.loss.codebook_weight = 1.0
+  # Applied to the *sum* over discriminators, as in DAC; logs report the per-discriminator mean.
+  c.loss.feat_weight = 2.0
+  c.loss.adv_weight = 1.0
+  c.loss.mel_windows = (32, 64, 128, 256, 512, 1024, 2048)
+  c.loss.mel_bins = (5, 10, 20, 40, 80, 160, 320)
+  c.loss.mel_clamp = 1e-5
+  c.loss.stft_windows = (2048, 512)
+
+  # ---- Optimisation (both nets: AdamW + exponential decay + global-norm clipping).
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.b1 = 0.8
+  c.optim.b2 = 0.99
+  c.optim.weight_decay = 0.01
+  c.optim.lr_decay = 0.999996  # per step
+  c.optim.clip_generator = 1000.0
+  c.optim.clip_discriminator = 10.0
+  c.optim.compute_dtype = 'float32'  # or 'bfloat16'; params, optimizer state and losses stay f32
+
+  # ---- Data.
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ''  # empty: the embedded demo corpus in data/telugu_demo
+  c.data.val_dir = ''  # empty: hold out val_fraction of data_dir, chosen by a hash of the path
+  c.data.val_fraction = 0.05
+  c.data.excerpt_seconds = 0.38
+  c.data.val_excerpt_seconds = 2.0
+  c.data.val_max_excerpts = 32
+  c.data.loudness_db = -16.0
+  c.data.random_gain_db = 0.0  # half-width of a uniform random gain; 0 disables it
+  c.data.phase_inversion = True
+  c.data.silence_db = -60.0  # excerpts quieter than this (RMS, dBFS) are skipped
+  c.data.num_workers = 0
+  c.data.prefetch = 2
+
+  # ---- Training loop.
+  c.batch_size = 12  # global, over every device and host
+  c.num_epochs = 100
+  c.max_steps = 0  # 0: no limit besides num_epochs
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.num_audio_examples = 3  # fixed validation clips logged as audio + spectrogram
+  c.checkpoint_dir = ''  # empty: runs/<experiment_name>
+  c.overwrite = False
+  c.use_wandb = False
+
+  # ---- Multi-host (jax.distributed); empty/-1 values are read from the environment.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ''
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+
+  # ---- Training-health monitor thresholds (per-discriminator values).
+  c.health = ml_collections.ConfigDict()
+  c.health.stop_on_red_flag = False
+  c.health.disc_stuck_tolerance = 0.02  # |D loss - no-learning value| within this, all epoch
+  c.health.min_feat_loss = 0.1
+  c.health.max_feat_loss = 10.0
+  c.health.grace_epochs = 5  # SNR and amplitude rules apply from this epoch on
+  c.health.min_amplitude_ratio = 50.0  # percent
+  c.health.max_amplitude_ratio = 120.0
+  c.health.green_amplitude_low = 70.0
+  c.health.green_amplitude_high = 95.0
+  c.health.amplitude_stable_pct = 10.0
+  return c
+
+
+def make_tiny(c: ml_collections.ConfigDict) -> None:
+  """Shrinks every size (same architecture family, same rates) so a step compiles fast on CPU."""
+  c.model.encoder_dim = 4
+  c.model.latent_dim = 4 * 2 ** len(c.model.encoder_rates)
+  c.model.decoder_dim = 32
+  c.model.n_codebooks = 3
+  c.model.codebook_size = 16
+  c.model.codebook_dim = 4
+  c.discriminator.periods = (2, 3)
+  c.discriminator.period_channels = (4, 8)
+  c.discriminator.fft_sizes = (256,)
+  c.discriminator.bands = ((0.0, 0.5), (0.5, 1.0))
+  c.discriminator.band_channels = 4
+  c.loss.mel_windows = (64, 256)
+  c.loss.mel_bins = (8, 16)
+  c.loss.stft_windows = (256,)
+  c.data.excerpt_seconds = 0.1
+  c.data.val_excerpt_seconds = 0.2
+  c.data.val_max_excerpts = 4
+  c.batch_size = 4
+  c.num_epochs = 1
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 4
+  c.num_audio_examples = 1

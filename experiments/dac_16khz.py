@@ -1,0 +1,16 @@
+"""The 16 kHz DAC reference: rates [2, 4, 5, 8], hop 320, 50 frames/s, 12 codebooks, 6 kbps.
+
+`--config experiments/dac_16khz.py` is the model exactly as PyTorch DAC builds it;
+`--config experiments/dac_16khz.py:tiny` is a few-thousand-parameter variant for tests.
+"""
+from codec import config as base
+
+
+def get_config(arg: str = ''):
+  c = base.base_config()
+  c.experiment_name = 'dac_16khz'
+  if arg == 'tiny':
+    base.make_tiny(c)
+  elif arg:
+    raise ValueError(f'unknown variant {arg!r} of dac_16khz.py; use no variant or :tiny')
+  return c
