@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.silence_db = -60.0  # excerpts quieter than this (RMS, dBFS) are skipped
   c.data.num_workers = 0
   c.data.prefetch = 2
+  c.data.decode_cache_mb = 256  # per worker: LRU of whole files decoded for resampling
 
   # ---- Training loop.
   c.batch_size = 12  # global, over every device and host
@@ -134,3 +135,16 @@ def make_tiny(c: ml_collections.ConfigDict) -> None:
   c.log_every_steps = 2
   c.checkpoint_every_steps = 4
   c.num_audio_examples = 1
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/experiment.py[:variant]` by calling its `get_config(variant)`."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f'config file {path!r} does not exist; pass e.g. experiments/dac_16khz.py')
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

@@ -1,0 +1,115 @@
+"""Orbax checkpoints of a run: both nets, both optimizer states, step, data-iterator state, history.
+
+RUN_DIR/checkpoints keeps the latest `keep_checkpoints` (every N steps and each epoch end, written
+asynchronously); RUN_DIR/best keeps the one of lowest validation mel distance. The per-step RNG is
+`fold_in(seed, step)`, so the step and the seed restore it exactly.
+"""
+import hashlib
+import json
+import pathlib
+import shutil
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Fields that change parameter shapes or the meaning of the optimizer state: resuming across a
+# change of any of them is refused.
+_COMPATIBILITY_FIELDS = ('model', 'discriminator')
+
+
+class IncompatibleCheckpoint(ValueError):
+  pass
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+  """A hash of the config fields that decide the checkpoint's structure."""
+  parts = {k: config[k].to_dict() for k in _COMPATIBILITY_FIELDS}
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _manager(path: pathlib.Path, **options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      path.absolute(), options=ocp.CheckpointManagerOptions(create=True, **options))
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self.workdir = pathlib.Path(workdir)
+    self.fingerprint = fingerprint(config)
+    latest_dir, best_dir = self.workdir / 'checkpoints', self.workdir / 'best'
+    if config.overwrite and jax.process_index() == 0:
+      for path in (latest_dir, best_dir):
+        shutil.rmtree(path, ignore_errors=True)
+    self.latest = _manager(latest_dir, max_to_keep=config.keep_checkpoints)
+    self.best = _manager(best_dir, max_to_keep=1, best_fn=lambda m: m['mel_distance'],
+                         best_mode='min')
+
+  def _args(self, state, data_state, history):
+    meta = {'fingerprint': self.fingerprint, 'history': history}
+    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta))
+
+  def save(self, step: int, state, data_state: dict, history: list, wait: bool = False) -> None:
+    if step not in self.latest.all_steps():
+      self.latest.save(step, args=self._args(state, data_state, history))
+    if wait:
+      self.latest.wait_until_finished()
+
+  def save_best(self, step: int, state, data_state: dict, history: list,
+                mel_distance: float) -> None:
+    if step not in self.best.all_steps():
+      self.best.save(step, args=self._args(state, data_state, history),
+                     metrics={'mel_distance': float(mel_distance)})
+
+  def restore_latest(self, target_state):
+    """(state, data_state, history) of the latest checkpoint, or None when there is none.
+
+    `target_state` gives the structure, shapes and shardings to restore into.
+    """
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    if meta['fingerprint'] != self.fingerprint:
+      raise IncompatibleCheckpoint(
+          f'{self.workdir} holds checkpoints of a different model or discriminator config '
+          f'(fingerprint {meta["fingerprint"]}, this config {self.fingerprint}). Use another '
+          '--checkpoint_dir / --experiment_name, or pass --overwrite to start fresh there.')
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return restored['state'], restored['data'], restored['meta']['history']
+
+  def close(self) -> None:
+    for manager in (self.latest, self.best):
+      manager.wait_until_finished()
+      manager.close()
+
+
+def restore_params(run_dir: str, step: int | None = None, best: bool = True):
+  """(gen_params, disc_params, step) of a run, for inference: no optimizer, no target structure.
+
+  Loads the best checkpoint by default (the latest when the run has no best yet), or `step`
+  from the latest ones. Arrays come back on the default device of this machine.
+  """
+  run_dir = pathlib.Path(run_dir)
+  candidates = [run_dir / 'best', run_dir / 'checkpoints'] if best and step is None else [
+      run_dir / 'checkpoints', run_dir / 'best']
+  for path in candidates:
+    if not path.is_dir():
+      continue
+    with ocp.CheckpointManager(path.absolute(),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+      steps = manager.all_steps()
+      chosen = step if step is not None else manager.latest_step()
+      if chosen is None or chosen not in steps:
+        continue
+      state = manager.restore(chosen, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore()))['state']
+      return state['gen_params'], state['disc_params'], chosen
+  raise FileNotFoundError(
+      f'no checkpoint{"" if step is None else f" at step {step}"} under {run_dir}; pass a run '
+      'directory written by run_experiment.py (it holds checkpoints/ and best/)')

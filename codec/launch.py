@@ -1,0 +1,72 @@
+"""The launcher's flags: the ones users type, mapped onto config fields, checked before training."""
+import importlib.util
+import os
+
+from absl import flags
+import ml_collections
+
+# flag -> (config field path, type, help)
+USER_FLAGS = {
+    'data_dir': ('data.data_dir', str, 'Folder of training audio (default: the demo corpus).'),
+    'val_dir': ('data.val_dir', str, 'Optional folder of validation audio.'),
+    'checkpoint_dir': ('checkpoint_dir', str, 'Run directory (default runs/<experiment_name>).'),
+    'batch_size': ('batch_size', int, 'Global batch size over every device.'),
+    'num_epochs': ('num_epochs', int, 'Epochs to train.'),
+    'learning_rate': ('optim.learning_rate', float, 'Initial learning rate of both nets.'),
+    'adv_weight': ('loss.adv_weight', float, 'Weight of the adversarial loss.'),
+    'feat_weight': ('loss.feat_weight', float, 'Weight of the feature-matching loss.'),
+    'recon_weight': ('loss.recon_weight', float, 'Weight of the reconstruction (mel) loss.'),
+    'vq_weight': ('loss.vq_weight', float, 'Weight of the commitment + codebook losses.'),
+    'experiment_name': ('experiment_name', str, 'Name of the run (and of its directory).'),
+    'use_wandb': ('use_wandb', bool, 'Also log to Weights & Biases (pip install wandb).'),
+    'overwrite': ('overwrite', bool, 'Delete the run directory\'s checkpoints and start fresh.'),
+    'stop_on_red_flag': ('health.stop_on_red_flag', bool, 'Stop training on a red health flag.'),
+}
+
+
+def define_flags() -> None:
+  definers = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+              bool: flags.DEFINE_boolean}
+  for name, (_, kind, help_text) in USER_FLAGS.items():
+    definers[kind](name, None, help_text)
+
+
+def apply_user_flags(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Writes each given flag (value not None) into its config field."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for name, value in values.items():
+      if value is None:
+        continue
+      path, _, _ = USER_FLAGS[name]
+      *parents, leaf = path.split('.')
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  return config
+
+
+def check_wandb(config: ml_collections.ConfigDict) -> None:
+  if config.use_wandb and importlib.util.find_spec('wandb') is None:
+    raise SystemExit('--use_wandb needs Weights & Biases, which is not installed: '
+                     "run `pip install wandb` (or `pip install -e '.[wandb]'`) and log in.")
+
+
+def run_dir(config: ml_collections.ConfigDict) -> str:
+  return config.checkpoint_dir or os.path.join('runs', config.experiment_name)
+
+
+def run(config: ml_collections.ConfigDict, flag_values) -> None:
+  config = apply_user_flags(config, {name: flag_values[name].value for name in USER_FLAGS})
+  check_wandb(config)
+  from codec import parallel  # pylint: disable=g-import-not-at-top  (after flags: fast errors)
+  from codec import train  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(config.distributed)
+  train.check_config(config)
+  workdir = run_dir(config)
+  print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
+  try:
+    train.train_and_evaluate(config, workdir)
+  except train.TrainingStopped as e:
+    raise SystemExit(f'Training stopped: {e}') from None

@@ -1,0 +1,254 @@
+"""What a run writes for people: console + train.log, progress bar, TensorBoard, metrics.jsonl, curves.
+
+Only process 0 writes files; every process logs to its console.
+"""
+import json
+import logging
+import math
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from codec import health
+
+log = logging.getLogger('codec')
+
+# Curves drawn per epoch (metrics.jsonl keys), one panel each.
+CURVES = (('disc_loss', 'feat_loss', 'adv_loss'), ('mel_loss', 'val_mel_loss'), ('snr_db',),
+          ('si_sdr_db',), ('amplitude_ratio',), ('codebook_usage',))
+
+
+def count_params(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _mean_metrics(fetched: list[dict]) -> dict:
+  return {k: np.mean([m[k] for m in fetched], axis=0) for k in fetched[0]}
+
+
+def postfix(step_metrics: dict) -> dict:
+  keys = ('disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db')
+  return {k.removesuffix('_loss'): f'{float(step_metrics[k]):.3g}' for k in keys}
+
+
+class EpochAccumulator:
+  """Means over an epoch's steps; min and max of the discriminator loss (is it moving?)."""
+
+  def __init__(self):
+    self.steps: list[dict] = []
+
+  def add(self, fetched: list[dict]) -> None:
+    self.steps.extend(fetched)
+
+  def summary(self) -> dict:
+    if not self.steps:
+      return {}
+    means = _mean_metrics(self.steps)
+    disc = [float(m['disc_loss']) for m in self.steps]
+    out = {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
+    out.update(disc_loss_min=min(disc), disc_loss_max=max(disc),
+               codebook_usage=float(np.mean(means['codebook_usage'])),
+               codebook_usage_per_level=[float(x) for x in means['codebook_usage']],
+               codebook_perplexity_per_level=[float(x) for x in means['codebook_perplexity']],
+               train_steps=len(self.steps))
+    out.pop('nonfinite', None)
+    return out
+
+
+class _Progress(tqdm.tqdm):
+  """tqdm that also shows audio-seconds trained per second."""
+
+  def __init__(self, *args, audio_per_step: float, **kwargs):
+    self.audio_per_step = audio_per_step
+    super().__init__(*args, **kwargs)
+
+  @property
+  def format_dict(self):
+    d = super().format_dict
+    rate = d.get('rate') or 0.0
+    d['postfix'] = ', '.join(filter(None, [f'{rate * self.audio_per_step:.2f} audio-s/s',
+                                           d.get('postfix') or '']))
+    return d
+
+
+class RunLog:
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self.dir = pathlib.Path(workdir)
+    self.is_writer = jax.process_index() == 0
+    self.log_path = self.dir / 'train.log'
+    if self.is_writer:
+      self.dir.mkdir(parents=True, exist_ok=True)
+      if config.overwrite:
+        for stale in [self.dir / 'metrics.jsonl', *self.dir.glob('health_epoch_*.txt'),
+                      *self.dir.glob('events.out.tfevents.*')]:
+          stale.unlink()
+      (self.dir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    self._setup_logging()
+    self.writer = SummaryWriter(str(self.dir)) if self.is_writer else None
+    self.wandb = _start_wandb(config, self.dir) if config.use_wandb and self.is_writer else None
+
+  def _setup_logging(self) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for handler in list(log.handlers):
+      log.removeHandler(handler)
+      handler.close()
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter('%(message)s'))
+    log.addHandler(console)
+    if self.is_writer:
+      file_handler = logging.FileHandler(self.log_path)
+      file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+      log.addHandler(file_handler)
+
+  def info(self, message: str) -> None:
+    log.info(message)
+
+  def progress(self, epoch: int, steps: int, initial: int, audio_per_step: float):
+    return _Progress(total=steps, initial=initial, desc=f'epoch {epoch}', unit='step',
+                     audio_per_step=audio_per_step, dynamic_ncols=True, leave=False,
+                     disable=not self.is_writer, file=sys.stdout, mininterval=1.0)
+
+  def _scalars(self, prefix: str, values: dict, step: int) -> None:
+    if not self.writer:
+      return
+    for k, v in values.items():
+      v = np.asarray(v, dtype=np.float64) if not isinstance(v, list) else np.asarray(v)
+      if v.ndim == 0:
+        self.writer.add_scalar(f'{prefix}/{k}', float(v), step)
+      elif v.ndim == 1 and v.dtype.kind == 'f':
+        for level, x in enumerate(v):
+          self.writer.add_scalar(f'{prefix}/{k}/level_{level}', float(x), step)
+    if self.wandb:
+      self.wandb.log({f'{prefix}/{k}': v for k, v in values.items() if np.ndim(v) == 0},
+                     step=step)
+
+  def log_train(self, step: int, fetched: list[dict]) -> None:
+    self._scalars('train', _mean_metrics(fetched), step)
+
+  def log_hparams(self, config: ml_collections.ConfigDict) -> None:
+    if not self.writer:
+      return
+    flat = {}
+    for section in ('model', 'loss', 'optim', 'data'):
+      for k, v in config[section].items():
+        flat[f'{section}.{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    flat['batch_size'] = config.batch_size
+    self.writer.add_hparams(flat, {'hparam/val_mel_distance': float('nan')}, name='hparams')
+
+  def log_epoch(self, record: dict, val_audio: np.ndarray, recon: np.ndarray,
+                sample_rate: int, num_examples: int = 3) -> None:
+    self.info(format_epoch_table(record))
+    if not self.is_writer:
+      return
+    with open(self.dir / 'metrics.jsonl', 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    step = record['step']
+    self._scalars('val', {k.removeprefix('val_'): v for k, v in record.items()
+                          if k.startswith('val_')}, step)
+    self._scalars('epoch', {k: record[k] for k in ('snr_db', 'si_sdr_db', 'amplitude_ratio',
+                                                   'mel_distance')}, step)
+    for i in range(min(num_examples, len(val_audio))):
+      if record['epoch'] == 1:
+        self.writer.add_audio(f'audio/{i}/input', val_audio[i], step, sample_rate=sample_rate)
+        self.writer.add_figure(f'spectrogram/{i}/input', spectrogram_figure(val_audio[i]), step)
+      self.writer.add_audio(f'audio/{i}/reconstruction', np.clip(recon[i], -1, 1), step,
+                            sample_rate=sample_rate)
+      self.writer.add_figure(f'spectrogram/{i}/reconstruction', spectrogram_figure(recon[i]),
+                             step)
+    self.writer.flush()
+    write_curves(self.dir / 'metrics.jsonl', self.dir / 'curves.png')
+
+  def rewrite_history(self, history: list[dict]) -> None:
+    """After a resume: metrics.jsonl holds exactly the epochs of the restored checkpoint."""
+    if self.is_writer:
+      (self.dir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in history))
+
+  def report_health(self, record: dict, flags) -> None:
+    self.info(f'Health at epoch {record["epoch"]}:\n{health.format_flags(flags)}')
+    if self.writer:
+      for f in flags:
+        self.writer.add_scalar(f'health/{f.check}', 1.0 if f.color == 'green' else -1.0,
+                               record['step'])
+    if self.is_writer and any(f.color == 'red' for f in flags):
+      for handler in log.handlers:
+        handler.flush()
+      path = health.write_red_flag_report(self.dir, record, flags, self.log_path)
+      log.warning(f'Red flags: report written to {path}')
+
+  def nonfinite_report(self, step: int, fetched: list[dict]) -> str:
+    bad = next(m for m in fetched if m['nonfinite'])
+    names = sorted(k for k, v in bad.items() if not np.all(np.isfinite(v)))
+    message = (f'Non-finite loss or gradient near step {step} ({", ".join(names) or "gradients"}); '
+               'the state was not updated with it and training stopped. The last good checkpoint '
+               f'is in {self.dir / "checkpoints"}; lower --learning_rate or check the data.')
+    log.error(message)
+    return message
+
+  def close(self) -> None:
+    if self.writer:
+      self.writer.close()
+    if self.wandb:
+      self.wandb.finish()
+
+
+def _start_wandb(config, run_dir):
+  import wandb  # pylint: disable=g-import-not-at-top  (optional; checked by the launcher)
+  return wandb.init(project='codec', name=config.experiment_name, dir=str(run_dir),
+                    config=config.to_dict(), resume='allow')
+
+
+def format_epoch_table(record: dict) -> str:
+  rows = [('', 'train', 'validation')]
+  for key in ('disc_loss', 'adv_loss', 'feat_loss', 'mel_loss', 'commitment_loss',
+              'codebook_loss', 'snr_db', 'amplitude_ratio'):
+    rows.append((key, _fmt(record.get(key)), _fmt(record.get(f'val_{key}'))))
+  for key in ('si_sdr_db', 'mel_distance'):
+    rows.append((key, '', _fmt(record.get(key))))
+  rows.append(('codebook_usage', _fmt(record.get('codebook_usage')), ''))
+  lines = [f'Epoch {record["epoch"]} (step {record["step"]})']
+  lines += [f'  {a:<16} {b:>10} {c:>11}' for a, b, c in rows]
+  return '\n'.join(lines)
+
+
+def _fmt(value) -> str:
+  return '' if value is None else f'{value:.4g}'
+
+
+def spectrogram_figure(audio: np.ndarray):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 3))
+  frames = np.lib.stride_tricks.sliding_window_view(np.pad(audio, 256), 512)[::128]
+  mag = np.abs(np.fft.rfft(frames * np.hanning(512), axis=-1))
+  ax.imshow(20 * np.log10(mag.T + 1e-5), origin='lower', aspect='auto', vmin=-80, vmax=20)
+  ax.set_xlabel('frame')
+  ax.set_ylabel('bin')
+  fig.tight_layout()
+  return fig
+
+
+def write_curves(jsonl_path: pathlib.Path, png_path: pathlib.Path) -> None:
+  """Training curves per epoch (losses, SNR, SI-SDR, amplitude ratio, codebook usage) as PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  records = [json.loads(line) for line in jsonl_path.read_text().splitlines() if line.strip()]
+  epochs = [r['epoch'] for r in records]
+  fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+  for ax, keys in zip(axes.flat, CURVES):
+    for key in keys:
+      ax.plot(epochs, [r.get(key, np.nan) for r in records], marker='o', label=key)
+    ax.set_xlabel('epoch')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=80)
+  plt.close(fig)

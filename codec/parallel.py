@@ -1,0 +1,58 @@
+"""Data parallelism: a 1-D mesh over every device (of every host), batch sharded, params replicated.
+
+`jax.jit` with `NamedSharding` partitions the step over the mesh (GSPMD); with
+`jax.distributed.initialize` the same code runs over many hosts, each feeding only its shard.
+"""
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
+  """Joins a multi-host run when asked to by the config or the environment; no-op otherwise.
+
+  Config fields win; otherwise jax reads its usual variables (coordinator, process count/id)
+  and cluster auto-detection (Slurm, TPU pods) when `JAX_COORDINATOR_ADDRESS` is set.
+  """
+  if dist.num_processes > 1:
+    if not dist.coordinator_address or dist.process_id < 0:
+      raise ValueError('--config.distributed.num_processes > 1 needs --config.distributed.'
+                       'coordinator_address=HOST:PORT and --config.distributed.process_id=N')
+    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+  elif os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P('data'))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch_size: int) -> None:
+  devices, hosts = jax.device_count(), jax.process_count()
+  if global_batch_size % devices or global_batch_size % hosts:
+    raise ValueError(f'--batch_size {global_batch_size} must be divisible by the number of devices '
+                     f'({devices}) and hosts ({hosts}); try {max(devices, 1) * max(1, global_batch_size // devices)}')
+
+
+def shard_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places this host's rows f32[B_local, T] as its part of the global batch f32[B, T]."""
+  return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+
+
+def shard_global(batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places a batch every host holds in full (e.g. the fixed validation set) on the mesh."""
+  return jax.make_array_from_callback(batch.shape, batch_sharding(mesh), lambda idx: batch[idx])

@@ -1,0 +1,387 @@
+"""GAN training of the codec: state, one jitted step that updates both nets, evaluation, the loop.
+
+Shapes: B global batch, T samples, D discriminators, Q quantizer levels.
+"""
+import dataclasses
+import functools
+import logging
+import math
+import signal
+import time
+from typing import Any
+
+import flax.struct
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from codec import checkpoint
+from codec import data
+from codec import discriminators
+from codec import generator
+from codec import health
+from codec import logs
+from codec import losses
+from codec import metrics as metrics_lib
+from codec import parallel
+
+log = logging.getLogger('codec.train')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32[]
+  gen_params: Any
+  disc_params: Any
+  gen_opt_state: Any
+  disc_opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The two nets and their optimizers: static (hashable) parts of the jitted functions."""
+  gen: generator.Generator
+  disc: discriminators.Discriminators
+  gen_tx: optax.GradientTransformation
+  disc_tx: optax.GradientTransformation
+  lr_schedule: Any
+  loss: ml_collections.FrozenConfigDict
+  sample_rate: int
+
+  def __hash__(self):
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails with the offending flag before anything is built or compiled."""
+  if config.optim.compute_dtype not in ('float32', 'bfloat16'):
+    raise ValueError(f"--config.optim.compute_dtype must be 'float32' or 'bfloat16', "
+                     f'got {config.optim.compute_dtype!r}')
+  losses.no_learning_value(config.loss.gan)  # validates the GAN loss name
+  for name in ('batch_size', 'num_epochs', 'log_every_steps', 'checkpoint_every_steps'):
+    if config[name] < 1:
+      raise ValueError(f'--{name} must be a positive integer, got {config[name]}')
+  if config.optim.learning_rate <= 0:
+    raise ValueError(f'--learning_rate must be positive, got {config.optim.learning_rate}')
+  if len(config.loss.mel_windows) != len(config.loss.mel_bins):
+    raise ValueError('--config.loss.mel_windows and --config.loss.mel_bins must have equal lengths')
+  excerpt = int(config.data.excerpt_seconds * config.model.sample_rate)
+  if excerpt <= max(config.loss.mel_windows) // 2:
+    raise ValueError(f'--config.data.excerpt_seconds={config.data.excerpt_seconds} gives {excerpt} '
+                     f'samples, too short for the largest mel window {max(config.loss.mel_windows)}')
+  parallel.check_batch_size(config.batch_size)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, clip: float):
+  """AdamW with DAC's betas and per-step exponential decay, after global-norm clipping."""
+  schedule = optax.exponential_decay(optim.learning_rate, transition_steps=1,
+                                     decay_rate=optim.lr_decay)
+  tx = optax.chain(optax.clip_by_global_norm(clip),
+                   optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+  # A step with a non-finite gradient leaves parameters and optimizer state untouched (the loop
+  # then stops the run), so a NaN can never reach a checkpoint.
+  tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
+  # One flat vector instead of hundreds of leaves: the same maths in a few large ops, which XLA
+  # compiles many times faster than per-leaf op chains.
+  return optax.flatten(tx), schedule
+
+
+def make_models(config: ml_collections.ConfigDict) -> Models:
+  dtype = jnp.bfloat16 if config.optim.compute_dtype == 'bfloat16' else jnp.float32
+  gen_tx, schedule = make_optimizer(config.optim, config.optim.clip_generator)
+  disc_tx, _ = make_optimizer(config.optim, config.optim.clip_discriminator)
+  return Models(
+      gen=generator.Generator.from_config(config.model, dtype=dtype),
+      disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype),
+      gen_tx=gen_tx, disc_tx=disc_tx, lr_schedule=schedule,
+      loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate)
+
+
+def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> TrainState:
+  gen_rng, disc_rng = jax.random.split(rng)
+  audio = jnp.zeros((1, excerpt_samples), jnp.float32)
+  gen_params = models.gen.init(gen_rng, audio)['params']
+  disc_params = models.disc.init(disc_rng, audio)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params, disc_params=disc_params,
+                    gen_opt_state=models.gen_tx.init(gen_params),
+                    disc_opt_state=models.disc_tx.init(disc_params))
+
+
+def _split(results):
+  """[(logits, features)] over D -> ([logits], [features])."""
+  return [r[0] for r in results], [r[1] for r in results]
+
+
+def _reconstruction_terms(models: Models, audio: jax.Array, recon: jax.Array) -> dict:
+  cfg = models.loss
+  terms = {'mel_loss': losses.multiscale_mel_loss(
+      audio, recon, sample_rate=models.sample_rate, windows=tuple(cfg.mel_windows),
+      n_mels=tuple(cfg.mel_bins), clamp=cfg.mel_clamp)}
+  # Terms weighted 0 are not computed at all (static config).
+  if cfg.waveform_l1_weight:
+    terms['waveform_l1'] = losses.waveform_l1_loss(audio, recon)
+  if cfg.stft_weight:
+    terms['stft_loss'] = losses.multires_stft_loss(audio, recon, windows=tuple(cfg.stft_windows))
+  return terms
+
+
+def generator_objective(models: Models, disc_params, audio, recon, commitment, codebook):
+  """The weighted generator loss (DAC's weights act on sums over discriminators) and its terms."""
+  cfg = models.loss
+  real_logits, real_features = _split(
+      models.disc.apply({'params': disc_params}, jax.lax.stop_gradient(audio)))
+  fake_logits, fake_features = _split(models.disc.apply({'params': disc_params}, recon))
+  adv = losses.generator_adversarial_loss(fake_logits=fake_logits, gan=cfg.gan)
+  feat = losses.feature_matching_loss(real_features=real_features, fake_features=fake_features)
+  terms = _reconstruction_terms(models, audio, recon)
+  recon_total = terms['mel_loss'] + cfg.waveform_l1_weight * terms.get('waveform_l1', 0.0) + (
+      cfg.stft_weight * terms.get('stft_loss', 0.0))
+  vq_total = cfg.commitment_weight * commitment + cfg.codebook_weight * codebook
+  total = (cfg.recon_weight * recon_total + cfg.vq_weight * vq_total +
+           cfg.feat_weight * jnp.sum(feat) + cfg.adv_weight * jnp.sum(adv))
+  terms.update(gen_loss=total, adv_loss=jnp.mean(adv), feat_loss=jnp.mean(feat),
+               commitment_loss=commitment, codebook_loss=codebook)
+  return total, terms
+
+
+def discriminator_objective(models: Models, disc_params, audio, recon):
+  """Sum over discriminators of their losses on real audio and the stopped reconstruction."""
+  both = jnp.concatenate([audio, jax.lax.stop_gradient(recon)])  # one pass over real and fake
+  logits, _ = _split(models.disc.apply({'params': disc_params}, both))
+  batch = audio.shape[0]
+  real, fake = [l[:batch] for l in logits], [l[batch:] for l in logits]
+  per_disc = losses.discriminator_loss(real_logits=real, fake_logits=fake, gan=models.loss.gan)
+  return jnp.sum(per_disc), {
+      'disc_loss': jnp.mean(per_disc),
+      'real_logit_mean': jnp.mean(jnp.stack([jnp.mean(r) for r in real])),
+      'fake_logit_mean': jnp.mean(jnp.stack([jnp.mean(f) for f in fake])),
+  }
+
+
+def _global_norm(tree) -> jax.Array:
+  # One concatenation (shared with optax.flatten's) and one reduction, not one per leaf.
+  return jnp.linalg.norm(jax.flatten_util.ravel_pytree(tree)[0])
+
+
+def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Array):
+  """One GAN step in DAC's order. audio: f32[B, T]. Returns (new state, metrics).
+
+  1. generator forward; 2. discriminator update on the stopped reconstruction; 3. generator
+  losses against the *updated* discriminator, back-propagated through the saved forward (no
+  second generator forward, and no discriminator weight gradients); 4. generator update.
+  A step whose losses or gradients are not finite leaves the state unchanged and reports it.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+
+  def forward(gen_params):
+    out = models.gen.apply({'params': gen_params}, audio, dropout_rng=rng)
+    return (out.audio, out.commitment_loss, out.codebook_loss), (out.codes, out.level_mask)
+
+  (recon, commitment, codebook), gen_vjp, (codes, level_mask) = jax.vjp(
+      forward, state.gen_params, has_aux=True)
+
+  (_, disc_metrics), disc_grads = jax.value_and_grad(
+      functools.partial(discriminator_objective, models), has_aux=True)(
+          state.disc_params, audio, recon)
+  disc_updates, disc_opt_state = models.disc_tx.update(
+      disc_grads, state.disc_opt_state, state.disc_params)
+  disc_params = optax.apply_updates(state.disc_params, disc_updates)
+
+  (_, gen_terms), output_grads = jax.value_and_grad(
+      functools.partial(generator_objective, models, disc_params), argnums=(1, 2, 3),
+      has_aux=True)(audio, recon, commitment, codebook)
+  (gen_grads,) = gen_vjp(output_grads)
+  gen_updates, gen_opt_state = models.gen_tx.update(
+      gen_grads, state.gen_opt_state, state.gen_params)
+  gen_params = optax.apply_updates(state.gen_params, gen_updates)
+
+  new_state = TrainState(step=state.step + 1, gen_params=gen_params, disc_params=disc_params,
+                         gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state)
+  gen_grad_norm, disc_grad_norm = _global_norm(gen_grads), _global_norm(disc_grads)
+  finite = jnp.isfinite(gen_grad_norm + disc_grad_norm + gen_terms['gen_loss'] +
+                        disc_metrics['disc_loss'])
+
+  perplexity, usage = metrics_lib.codebook_usage(codes, models.gen.codebook_size, level_mask)
+  step_metrics = {
+      **gen_terms, **disc_metrics,
+      'gen_grad_norm': gen_grad_norm,
+      'disc_grad_norm': disc_grad_norm,
+      'gen_param_norm': _global_norm(state.gen_params),
+      'disc_param_norm': _global_norm(state.disc_params),
+      'learning_rate': models.lr_schedule(state.step),
+      'snr_db': jnp.mean(metrics_lib.snr_db(audio, recon)),
+      'amplitude_ratio': jnp.mean(metrics_lib.amplitude_ratio(audio, recon)),
+      'codebook_perplexity': perplexity,
+      'codebook_usage': usage,
+      'nonfinite': 1.0 - finite.astype(jnp.float32),
+  }
+  return new_state, step_metrics
+
+
+def eval_step(models: Models, gen_params, disc_params, audio: jax.Array):
+  """Validation on fixed excerpts with every quantizer level. Returns per-item f32[B] metrics."""
+  out = models.gen.apply({'params': gen_params}, audio)
+  recon = out.audio
+  _, terms = generator_objective(models, disc_params, audio, recon, out.commitment_loss,
+                                 out.codebook_loss)
+  _, disc_terms = discriminator_objective(models, disc_params, audio, recon)
+  batch = audio.shape[0]
+  per_item = {
+      'snr_db': metrics_lib.snr_db(audio, recon),
+      'si_sdr_db': metrics_lib.si_sdr_db(audio, recon),
+      'amplitude_ratio': metrics_lib.amplitude_ratio(audio, recon),
+      'mel_distance': losses.multiscale_mel_distance(
+          audio, recon, sample_rate=models.sample_rate, windows=tuple(models.loss.mel_windows),
+          n_mels=tuple(models.loss.mel_bins), clamp=models.loss.mel_clamp),
+  }
+  # Batch-level losses are broadcast so every entry has the per-item shape.
+  per_item.update({k: jnp.broadcast_to(v, (batch,)) for k, v in {**terms, **disc_terms}.items()})
+  return per_item, recon
+
+
+def evaluate(eval_fn, state: TrainState, val_audio: np.ndarray, batch_size: int, mesh):
+  """Averages eval_fn over the fixed validation excerpts, in fixed-size (padded) batches."""
+  n = len(val_audio)
+  padded = math.ceil(n / batch_size) * batch_size
+  audio = np.concatenate([val_audio, val_audio[:padded - n]]) if padded > n else val_audio
+  sums, recons = {}, []
+  for start in range(0, padded, batch_size):
+    chunk = parallel.shard_global(audio[start:start + batch_size], mesh)
+    values, recon = eval_fn(state.gen_params, state.disc_params, chunk)
+    values, recon = jax.device_get((values, recon))
+    valid = slice(0, max(0, min(batch_size, n - start)))
+    for k, v in values.items():
+      sums[k] = sums.get(k, 0.0) + float(np.sum(v[valid]))
+    recons.append(recon[valid])
+  return {k: v / n for k, v in sums.items()}, np.concatenate(recons)
+
+
+class _Interrupt:
+  """First Ctrl+C asks the loop to checkpoint and stop; a second one exits at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGINT, self._handle)
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    log.warning('Interrupted: saving a checkpoint, then stopping (Ctrl+C again to quit now).')
+
+  def restore(self):
+    signal.signal(signal.SIGINT, self._previous)
+
+
+class TrainingStopped(RuntimeError):
+  """Raised when a non-finite step or a red health flag (with stop_on_red_flag) ends the run."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Trains for config.num_epochs (resuming from workdir's checkpoints); returns epoch records."""
+  check_config(config)
+  run = logs.RunLog(workdir, config)
+  mesh = parallel.make_mesh()
+  datasets = data.make_datasets(
+      config.data, sample_rate=config.model.sample_rate, global_batch_size=config.batch_size,
+      seed=config.seed, cache_dir=workdir, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  run.info(datasets.summary)
+
+  models = make_models(config)
+  excerpt = int(round(config.data.excerpt_seconds * config.model.sample_rate))
+  init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  state = jax.jit(functools.partial(create_train_state, models, excerpt_samples=excerpt),
+                  out_shardings=parallel.replicated(mesh))(init_rng)
+  run.info(f'generator parameters: {logs.count_params(state.gen_params):,}; '
+           f'discriminator parameters: {logs.count_params(state.disc_params):,}; '
+           f'devices: {jax.device_count()} ({jax.default_backend()}), hosts: {jax.process_count()}')
+
+  ckpt = checkpoint.Checkpointer(workdir, config)
+  train_iter = datasets.train_iterator()
+  history = []
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, data_state, history = restored
+    train_iter.set_state(data_state)
+    run.rewrite_history(history)
+    run.info(f'Resumed from step {int(state.step)} in {workdir}')
+
+  replicated = parallel.replicated(mesh)
+  step_fn = jax.jit(functools.partial(train_step, models), donate_argnums=0,
+                    out_shardings=(replicated, replicated))
+  eval_fn = jax.jit(functools.partial(eval_step, models))
+  steps_per_epoch = datasets.steps_per_epoch
+  total_steps = steps_per_epoch * config.num_epochs
+  if config.max_steps:
+    total_steps = min(total_steps, config.max_steps)
+  run.log_hparams(config)
+  interrupt = _Interrupt()
+  step = int(state.step)
+  epoch_metrics = logs.EpochAccumulator()
+  pending = []
+  try:
+    while step < total_steps:
+      epoch = step // steps_per_epoch + 1
+      progress = run.progress(epoch, steps_per_epoch, initial=step % steps_per_epoch,
+                              audio_per_step=config.batch_size * config.data.excerpt_seconds)
+      while step < total_steps and step // steps_per_epoch + 1 == epoch:
+        batch = parallel.shard_batch(next(train_iter), mesh)
+        state, step_metrics = step_fn(state, batch, step_rng)
+        pending.append(step_metrics)
+        step += 1
+        progress.update(1)
+        end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+        if step % config.log_every_steps == 0 or end_of_epoch or interrupt.requested:
+          fetched = jax.device_get(pending)  # the only host sync inside an epoch
+          pending = []
+          if any(m['nonfinite'] for m in fetched):
+            raise TrainingStopped(run.nonfinite_report(step, fetched))
+          epoch_metrics.add(fetched)
+          run.log_train(step, fetched)
+          progress.set_postfix(logs.postfix(fetched[-1]))
+        if step % config.checkpoint_every_steps == 0 and not end_of_epoch:
+          ckpt.save(step, state, train_iter.get_state(), history)
+        if interrupt.requested:
+          ckpt.save(step, state, train_iter.get_state(), history, wait=True)
+          run.info(f'Saved step {step}; run the same command again to resume.')
+          return history
+        if end_of_epoch:
+          progress.close()
+          record = _end_epoch(run, ckpt, eval_fn, state, datasets, config, mesh, epoch, step,
+                              epoch_metrics.summary(), history, train_iter)
+          epoch_metrics = logs.EpochAccumulator()
+          history.append(record)
+          flags = health.assess(history, config.health, config.loss.gan)
+          run.report_health(record, flags)
+          if config.health.stop_on_red_flag and any(f.color == 'red' for f in flags):
+            raise TrainingStopped(f'red flag at epoch {epoch} (--stop_on_red_flag); '
+                                  f'see {run.dir}/health_epoch_{epoch:03d}.txt')
+  finally:
+    interrupt.restore()
+    ckpt.close()
+    run.close()
+  return history
+
+
+def _end_epoch(run, ckpt, eval_fn, state, datasets, config, mesh, epoch, step, train_summary,
+               history, train_iter) -> dict:
+  """Validation, logs and checkpoints at the end of an epoch; returns the epoch's record."""
+  start = time.time()
+  val, recon = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
+  record = {'epoch': epoch, 'step': step, **train_summary,
+            **{f'val_{k}': v for k, v in val.items()},
+            'snr_db': val['snr_db'], 'si_sdr_db': val['si_sdr_db'],
+            'amplitude_ratio': val['amplitude_ratio'], 'mel_distance': val['mel_distance'],
+            'val_seconds': time.time() - start}
+  run.log_epoch(record, datasets.val_audio, recon, config.model.sample_rate,
+                config.num_audio_examples)
+  ckpt.save(step, state, train_iter.get_state(), history + [record])
+  ckpt.save_best(step, state, train_iter.get_state(), history + [record], val['mel_distance'])
+  return record

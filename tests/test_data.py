@@ -1,0 +1,351 @@
+"""Tests for the audio input pipeline (codec/data.py, codec/audio_io.py) on tiny synthetic corpora.
+
+Every corpus is written into tmp_path with soundfile; nothing reads data/.
+"""
+import json
+import logging
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from codec import audio_io
+from codec import config as config_lib
+from codec import data
+
+RATE = 16000
+EXCERPT = 1600  # 0.1 s at RATE
+BATCH = 4
+
+
+def _write(path: pathlib.Path, audio: np.ndarray, rate: int = RATE, **kwargs) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sf.write(path, audio, rate, **kwargs)
+  return path
+
+
+def _tone(seconds: float, freq: float, rate: int = RATE, amplitude: float = 0.1) -> np.ndarray:
+  """f32[T]: a sine, whose frequency tells which file an excerpt came from."""
+  t = np.arange(int(round(seconds * rate))) / rate
+  return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _noise(seconds: float, seed: int, rate: int = RATE) -> np.ndarray:
+  """f32[T]: white noise; distinct seeds make every excerpt distinct."""
+  noise = np.random.default_rng(seed).standard_normal(int(seconds * rate))
+  return (0.05 * noise).astype(np.float32)
+
+
+def _config(root: pathlib.Path, **overrides):
+  c = config_lib.base_config().data
+  c.data_dir = str(root)
+  c.excerpt_seconds = EXCERPT / RATE
+  c.val_excerpt_seconds = 0.25
+  c.val_max_excerpts = 4
+  c.val_fraction = 0.0
+  c.num_workers = 0
+  c.prefetch = 2
+  for key, value in overrides.items():
+    setattr(c, key, value)
+  return c
+
+
+def _make(c, cache_dir=None, **kwargs) -> data.Datasets:
+  kwargs = {'sample_rate': RATE, 'global_batch_size': BATCH, 'seed': 0, **kwargs}
+  return data.make_datasets(c, cache_dir=cache_dir, **kwargs)
+
+
+def _take(iterator, n: int) -> list[np.ndarray]:
+  return [next(iterator) for _ in range(n)]
+
+
+def _noise_corpus(root: pathlib.Path, n_files: int = 6) -> pathlib.Path:
+  for i in range(n_files):
+    _write(root / f'voice{i % 2}' / f'utt{i}.flac', _noise(0.5 + 0.13 * i, seed=i))
+  return root
+
+
+TONES = [300.0 + 200.0 * i for i in range(8)]
+
+
+def _tone_corpus(root: pathlib.Path) -> pathlib.Path:
+  """8 files x 5 excerpts (0.55 s: 800 samples of slack for the offset) = 10 batches exactly."""
+  for i, freq in enumerate(TONES):
+    _write(root / f'v{i % 3}' / f'{i}.wav', _tone(0.55, freq))
+  return root
+
+
+def _dominant(row: np.ndarray) -> float:
+  spectrum = np.abs(np.fft.rfft(row * np.hanning(len(row))))
+  return np.fft.rfftfreq(len(row), 1 / RATE)[np.argmax(spectrum)]
+
+
+def _source_file(row: np.ndarray) -> int:
+  return int(np.argmin([abs(_dominant(row) - f) for f in TONES]))
+
+
+# ---- Split.
+
+
+def test_split_is_stable_when_files_are_added():
+  before = [f'spk{i % 7}/utt{i}.flac' for i in range(300)]
+  train, val = data.split_train_val(before, 0.1)
+  assert 10 < len(val) < 60 and len(train) + len(val) == 300
+  after = before + [f'new/utt{i}.wav' for i in range(300)]
+  train2, val2 = data.split_train_val(after, 0.1)
+  assert set(val) <= set(val2) and set(train) <= set(train2)
+
+
+def test_split_always_has_a_validation_file_when_asked():
+  names = ['a.wav', 'b.wav', 'c.wav']
+  train, val = data.split_train_val(names, 1e-9)
+  assert val == [min(names, key=data.split_fraction)] and len(train) == 2
+  assert data.split_train_val(names, 0.0) == (names, [])
+  assert data.split_train_val(['only.wav'], 0.5) == (['only.wav'], [])
+
+
+# ---- Epochs, shuffling, resume, sharding.
+
+
+def test_plan_excerpts_are_disjoint_fixed_in_number_and_cover_each_file():
+  lengths = np.array([1600, 3000, 8000, 9599])
+  plan = data._Plan.create(lengths, 1600, seed=3)
+  assert plan.counts.tolist() == [1, 1, 5, 5] and plan.total == 12
+  offsets = set()
+  for epoch in range(20):
+    spans = [plan.locate(epoch, x) for x in range(plan.total)]
+    for f, length in enumerate(lengths):
+      starts = sorted(s for g, s in spans if g == f)
+      assert len(starts) == plan.counts[f]
+      assert 0 <= starts[0] and starts[-1] + 1600 <= length
+      assert all(b - a == 1600 for a, b in zip(starts, starts[1:]))  # adjacent, no overlap
+      offsets.add((f, starts[0]))
+  assert len({s for f, s in offsets if f == 3}) > 5  # the offset moves between epochs
+
+
+def test_an_epoch_covers_every_file_and_the_next_reshuffles(tmp_path):
+  ds = _make(_config(_tone_corpus(tmp_path), phase_inversion=False))
+  assert ds.steps_per_epoch == 10 and ds.excerpts_per_epoch == 40
+  assert ds.val_audio.shape == (0, 4000)
+  it = ds.train_iterator()
+  epochs = [np.concatenate(_take(it, 10)) for _ in range(2)]
+  it.close()
+  for rows in epochs:
+    assert rows.shape == (40, EXCERPT) and rows.dtype == np.float32
+    assert np.bincount([_source_file(r) for r in rows], minlength=8).tolist() == [5] * 8
+  assert [_source_file(r) for r in epochs[0]] != [_source_file(r) for r in epochs[1]]
+
+
+def test_resume_gives_identical_batches_also_across_an_epoch_boundary(tmp_path):
+  c = _config(_noise_corpus(tmp_path), random_gain_db=6.0, phase_inversion=True)
+  ds = _make(c, seed=7)
+  steps = ds.steps_per_epoch
+  reference = _take(ds.train_iterator(), steps + 4)
+
+  interrupted = ds.train_iterator()
+  _take(interrupted, steps - 2)
+  state = json.loads(json.dumps(interrupted.get_state()))
+  interrupted.close()
+  resumed = _make(c, seed=7).train_iterator()  # a new process would rebuild everything
+  resumed.set_state(state)
+  assert resumed.epoch == 0
+  for expected, got in zip(reference[steps - 2:], _take(resumed, 6)):
+    np.testing.assert_array_equal(got, expected)
+  assert resumed.epoch == 1
+  resumed.set_state({**state, 'next_batch': 1})  # rewinding a live iterator works too
+  np.testing.assert_array_equal(next(resumed), reference[1])
+  resumed.close()
+
+
+def test_two_processes_split_each_global_batch(tmp_path):
+  c = _config(_noise_corpus(tmp_path))
+  whole = _make(c).train_iterator()
+  hosts = [_make(c, process_index=p, process_count=2).train_iterator() for p in range(2)]
+  steps = _make(c).steps_per_epoch
+  for _ in range(steps + 2):
+    full, parts = next(whole), [next(h) for h in hosts]
+    assert all(p.shape == (BATCH // 2, EXCERPT) for p in parts)
+    np.testing.assert_array_equal(np.concatenate(parts), full)
+    assert not np.allclose(parts[0][0], parts[1][0])  # disjoint excerpts
+  for it in [whole, *hosts]:
+    it.close()
+  with pytest.raises(ValueError, match='split evenly'):
+    _make(c, process_index=0, process_count=3)
+
+
+def test_worker_processes_deliver_the_same_batches(tmp_path):
+  c = _config(_noise_corpus(tmp_path, n_files=3))
+  expected = _take(_make(c).train_iterator(), 5)
+  c.num_workers = 1
+  it = _make(c).train_iterator()
+  got = _take(it, 5)
+  it.close()
+  for a, b in zip(expected, got):
+    np.testing.assert_array_equal(a, b)
+
+
+# ---- Audio: resampling, loudness, augmentation.
+
+
+def test_load_audio_mixes_stereo_and_resamples(tmp_path):
+  tone = _tone(1.0, 1000.0, rate=44100)
+  path = _write(tmp_path / 'stereo.wav', np.stack([tone, tone], axis=1), rate=44100)
+  audio = data.load_audio(path, RATE)
+  assert audio.shape == (RATE,) and audio.dtype == np.float32
+  assert abs(_dominant(audio) - 1000.0) < 20
+  np.testing.assert_allclose(audio_io.rms_db(audio), audio_io.rms_db(tone), atol=0.1)
+
+
+def test_pipeline_resamples_44k_stereo_files(tmp_path):
+  for i in range(3):
+    _write(tmp_path / f'{i}.flac', np.stack([_tone(0.7, 500.0 + 300 * i, rate=44100)] * 2, axis=1),
+           rate=44100)
+  ds = _make(_config(tmp_path))
+  assert ds.excerpts_per_epoch == 3 * (int(np.ceil(0.7 * 44100 * RATE / 44100)) // EXCERPT)
+  batch = next(iter(ds.train_iterator()))
+  assert batch.shape == (BATCH, EXCERPT)
+  assert all(min(abs(_dominant(r) - (500.0 + 300 * i)) for i in range(3)) < 20 for r in batch)
+
+
+def test_normalise_loudness_hits_the_target_and_keeps_peaks_in_range():
+  for level in (0.001, 0.05, 0.9):
+    out = audio_io.normalise_loudness(_tone(0.5, 440.0, amplitude=level), -16.0)
+    assert audio_io.rms_db(out) == pytest.approx(-16.0, abs=0.01)
+  click = np.zeros(1600, np.float32)
+  click[100] = 0.5
+  out = audio_io.normalise_loudness(click, -16.0)
+  assert np.max(np.abs(out)) == pytest.approx(1.0)  # scaled down rather than clipped
+
+
+def test_batches_and_validation_are_loudness_normalised(tmp_path):
+  root = _noise_corpus(tmp_path)
+  _write(tmp_path / 'silent.wav', np.zeros(RATE, np.float32))  # its excerpts must be replaced
+  c = _config(root, val_fraction=0.3, loudness_db=-20.0)
+  ds = _make(c)
+  rows = np.concatenate(_take(ds.train_iterator(), ds.steps_per_epoch))
+  levels = np.array([audio_io.rms_db(r) for r in rows])
+  np.testing.assert_allclose(levels, -20.0, atol=0.01)
+  assert 0 < len(ds.val_audio) <= 4 and ds.val_audio.shape[1] == 4000
+  np.testing.assert_allclose([audio_io.rms_db(v) for v in ds.val_audio], -20.0, atol=0.01)
+  # Validation is fixed: rebuilding (another run, another seed) gives the same excerpts.
+  np.testing.assert_array_equal(_make(c, seed=5).val_audio, ds.val_audio)
+  c.random_gain_db = 6.0
+  gained = np.concatenate(_take(_make(c).train_iterator(), 5))
+  levels = np.array([audio_io.rms_db(r) for r in gained])
+  assert np.all(np.abs(levels + 20.0) <= 6.01) and np.std(levels) > 1.0
+
+
+def test_phase_inversion_flips_about_half_the_excerpts(tmp_path):
+  ds = _make(_config(_tone_corpus(tmp_path), phase_inversion=False))
+  plain = np.concatenate(_take(ds.train_iterator(), 10))
+  c = _config(tmp_path, phase_inversion=True)
+  flipped = np.concatenate(_take(_make(c).train_iterator(), 10))
+  same = [np.array_equal(a, b) for a, b in zip(plain, flipped)]
+  negated = [np.array_equal(-a, b) for a, b in zip(plain, flipped)]
+  assert all(s or n for s, n in zip(same, negated)) and 8 <= sum(negated) <= 32
+
+
+def test_decode_cache_is_a_bounded_lru():
+  cache = audio_io.DecodeCache(max_bytes=3 * 400)
+  loads = []
+  load = lambda key: lambda: loads.append(key) or np.zeros(100, np.float32)  # 400 bytes each
+  for key in 'abcab':
+    cache.get(key, load(key))
+  assert loads == list('abc')  # a and b came from the cache
+  cache.get('d', load('d'))  # evicts c, the least recently used
+  cache.get('a', load('a'))
+  cache.get('c', load('c'))
+  assert loads == list('abcdc')
+
+
+# ---- Bad input.
+
+
+def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
+  root = _noise_corpus(tmp_path)
+  (root / 'corrupt.wav').write_bytes(os.urandom(2000))
+  (root / 'empty.flac').write_bytes(b'')
+  _write(root / 'short.wav', _noise(0.05, seed=9))
+  (root / 'notes.xyz').write_text('not audio')
+  (root / 'transcript.txt').write_text('text sidecars are ignored quietly')
+  nan = _noise(1.0, seed=11)
+  nan[::7] = np.nan
+  _write(root / 'nan.wav', nan, subtype='FLOAT')
+  good = (root / _write(root / 'truncated.flac', _noise(2.0, seed=12)).name).read_bytes()
+  (root / 'truncated.flac').write_bytes(good[:len(good) // 2])  # header fine, data cut short
+  with caplog.at_level(logging.WARNING, logger='codec.data'):
+    ds = _make(_config(root))
+  for name, reason in [('corrupt.wav', 'corrupt'), ('empty.flac', 'empty'),
+                       ('short.wav', 'too short'), ('notes.xyz', 'unsupported extension')]:
+    assert f'1 {reason} ({name})' in ds.summary
+    assert sum(name in r.getMessage() for r in caplog.records) == 1
+  assert '4 skipped' in ds.summary and 'transcript' not in caplog.text
+  # NaN samples and truncated data show only when decoded: those excerpts are replaced by others,
+  # and each file is reported once.
+  it = ds.train_iterator()
+  with caplog.at_level(logging.WARNING, logger='codec.data'):
+    rows = np.concatenate(_take(it, 2 * ds.steps_per_epoch))
+  it.close()
+  assert np.isfinite(rows).all()
+  np.testing.assert_allclose([audio_io.rms_db(r) for r in rows], -16.0, atol=0.01)
+  for name in ('nan.wav', 'truncated.flac'):
+    assert any(path.endswith(name) for path in data.runtime_skips())
+    assert sum(name in r.getMessage() for r in caplog.records) == 1
+
+
+def test_non_finite_validation_file_is_skipped_and_counted(tmp_path):
+  train = _noise_corpus(tmp_path / 'train', n_files=3)
+  _write(tmp_path / 'val' / 'good.flac', _noise(0.6, seed=20))
+  _write(tmp_path / 'val' / 'inf.wav', np.full(RATE, np.inf, np.float32), subtype='FLOAT')
+  ds = _make(_config(train, val_dir=str(tmp_path / 'val')))
+  assert '1 non-finite samples (inf.wav)' in ds.summary
+  assert len(ds.val_audio) == 2 and np.isfinite(ds.val_audio).all()  # 0.6 s: two 0.25 s excerpts
+
+
+@pytest.mark.parametrize('make_root, message', [
+    (lambda tmp: tmp / 'missing', 'does not exist'),
+    (lambda tmp: tmp, 'no audio files'),
+    (lambda tmp: (tmp / 'a.txt').write_text('x') and tmp, 'no audio files'),
+])
+def test_missing_or_empty_data_dir_is_a_clear_error(tmp_path, make_root, message):
+  root = make_root(tmp_path)
+  with pytest.raises(ValueError, match=message) as error:
+    _make(_config(root))
+  assert str(root) in str(error.value) and 'data.data_dir' in str(error.value)
+
+
+def test_all_files_unusable_is_a_clear_error(tmp_path):
+  (tmp_path / 'x.wav').write_bytes(b'junk')
+  with pytest.raises(ValueError, match='no usable training audio.*1 corrupt'):
+    _make(_config(tmp_path))
+
+
+# ---- Header index cache.
+
+
+def test_index_cache_is_reused_and_refreshed(tmp_path, monkeypatch):
+  root = _noise_corpus(tmp_path / 'corpus')
+  run = tmp_path / 'run'
+  probed = []
+  real_probe = audio_io.probe
+  monkeypatch.setattr(audio_io, 'probe', lambda path: probed.append(path) or real_probe(path))
+
+  def build() -> int:
+    probed.clear()
+    _make(_config(root), cache_dir=str(run))
+    return len(probed)
+
+  assert build() == 6
+  assert build() == 0  # nothing changed: not one header read
+  _write(root / 'voice0' / 'utt0.flac', _noise(0.9, seed=99))  # changed size
+  stat = os.stat(root / 'voice1' / 'utt1.flac')
+  os.utime(root / 'voice1' / 'utt1.flac', ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  _write(root / 'added.wav', _noise(0.5, seed=100))
+  assert build() == 3
+  (root / 'voice1' / 'utt3.flac').unlink()
+  assert build() == 0
+  index = json.loads(audio_io.index_path(run, root).read_text())['files']
+  assert 'voice1/utt3.flac' not in index and 'added.wav' in index
+  assert index['voice0/utt0.flac']['frames'] == int(0.9 * RATE)

@@ -1,0 +1,199 @@
+"""Generator, quantizer and discriminators: shapes, parameter parity with PyTorch DAC, maths."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from codec import discriminators
+from codec import generator
+from codec import layers
+from codec import summary
+from experiments import dac_16khz
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  config = dac_16khz.get_config('tiny')
+  gen = generator.Generator.from_config(config.model)
+  params = gen.init(jax.random.key(0), jnp.zeros((2, 640)))['params']
+  return config, gen, params
+
+
+def test_reference_parameter_counts_match_pytorch_dac():
+  gen_params, disc_params = summary.param_shapes(dac_16khz.get_config())
+  assert summary.count(gen_params) == 74_175_906
+  assert summary.count(disc_params) == 42_519_760
+
+
+def test_summary_reports_bitrate_of_reference():
+  hop, frame_rate, bps = summary.bitrate(dac_16khz.get_config().model)
+  assert (hop, frame_rate, bps) == (320, 50.0, 6000.0)
+
+
+@pytest.mark.parametrize('length', [320, 1000, 321, 1919])
+def test_output_length_equals_input_length(tiny, length):
+  _, gen, params = tiny
+  audio = jax.random.uniform(jax.random.key(1), (2, length), minval=-0.5, maxval=0.5)
+  out = gen.apply({'params': params}, audio)
+  assert out.audio.shape == (2, length)
+  assert out.codes.shape == (2, 3, math.ceil(length / 320))
+  assert out.codes.dtype == jnp.int32
+  assert bool(jnp.all(jnp.abs(out.audio) < 1.0))
+
+
+@pytest.mark.parametrize('rates', [(3, 5), (5, 3, 2), (7,)])
+def test_odd_strides_keep_exact_length(rates):
+  config = dac_16khz.get_config('tiny')
+  config.model.encoder_rates = rates
+  config.model.decoder_rates = tuple(reversed(rates))
+  config.model.latent_dim = 8
+  gen = generator.Generator.from_config(config.model)
+  audio = jnp.zeros((1, 1001))
+  params = gen.init(jax.random.key(0), audio)['params']
+  assert gen.apply({'params': params}, audio).audio.shape == (1, 1001)
+  codes = gen.apply({'params': params}, audio, method=gen.encode)
+  assert gen.apply({'params': params}, codes, 1001, method=gen.decode).shape == (1, 1001)
+
+
+def test_mismatched_rates_are_refused():
+  config = dac_16khz.get_config('tiny')
+  config.model.decoder_rates = (8, 5, 4)
+  with pytest.raises(ValueError, match='same product'):
+    generator.Generator.from_config(config.model)
+
+
+def test_encode_decode_round_trip_matches_training_forward(tiny):
+  _, gen, params = tiny
+  audio = jax.random.normal(jax.random.key(2), (2, 960)) * 0.1
+  out = gen.apply({'params': params}, audio)
+  codes = gen.apply({'params': params}, audio, method=gen.encode)
+  np.testing.assert_array_equal(codes, out.codes)
+  decoded = gen.apply({'params': params}, codes, 960, method=gen.decode)
+  np.testing.assert_allclose(decoded, out.audio, atol=1e-5)
+
+
+def test_n_quantizers_truncates_the_stack(tiny):
+  _, gen, params = tiny
+  audio = jax.random.normal(jax.random.key(3), (2, 640)) * 0.1
+  full = gen.apply({'params': params}, audio, method=gen.encode)
+  two = gen.apply({'params': params}, audio, 2, method=gen.encode)
+  assert two.shape == (2, 2, 2)
+  np.testing.assert_array_equal(two, full[:, :2])
+  with pytest.raises(ValueError, match='n_quantizers'):
+    gen.apply({'params': params}, audio, 4, method=gen.encode)
+
+
+def test_quantizer_dropout_masks_the_first_items_only(tiny):
+  config, gen, params = tiny
+  batch = 8
+  audio = jax.random.normal(jax.random.key(4), (batch, 640)) * 0.1
+  out = gen.apply({'params': params}, audio, dropout_rng=jax.random.key(5))
+  mask = np.asarray(out.level_mask)
+  n_dropped = int(batch * config.model.quantizer_dropout)
+  assert mask[n_dropped:].all()
+  used = mask.sum(axis=1)
+  assert ((used >= 1) & (used <= 3)).all()
+  # Each row is a prefix of levels: level i used implies level i-1 used.
+  assert (np.diff(mask.astype(int), axis=1) <= 0).all()
+  no_dropout = gen.apply({'params': params}, audio)
+  assert np.asarray(no_dropout.level_mask).all()
+
+
+def test_codes_are_the_cosine_nearest_codebook_rows(tiny):
+  _, gen, params = tiny
+  vq = params['quantizer']['levels_0']
+  codebook = np.asarray(vq['codebook'])
+  z_e = np.random.default_rng(0).normal(size=(2, 5, codebook.shape[1])).astype(np.float32)
+  from codec import quantizer  # pylint: disable=g-import-not-at-top
+  module = quantizer.VectorQuantizer(gen.latent_dim, gen.codebook_size, gen.codebook_dim)
+  codes = module.apply({'params': vq}, jnp.asarray(z_e), method=module.nearest)
+  cos = (z_e / np.linalg.norm(z_e, axis=-1, keepdims=True)) @ (
+      codebook / np.linalg.norm(codebook, axis=-1, keepdims=True)).T
+  np.testing.assert_array_equal(codes, cos.argmax(-1))
+
+
+def test_straight_through_gradient_reaches_the_encoder(tiny):
+  _, gen, params = tiny
+
+  def loss(p):
+    out = gen.apply({'params': p}, jnp.ones((1, 640)) * 0.1)
+    return jnp.mean(out.audio ** 2) + out.commitment_loss + out.codebook_loss
+
+  grads = jax.grad(loss)(params)
+  enc = jax.tree.leaves(grads['encoder'])
+  cb = grads['quantizer']['levels_0']['codebook']
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert sum(float(jnp.sum(jnp.abs(g))) for g in enc) > 0
+  assert float(jnp.sum(jnp.abs(cb))) > 0
+
+
+@pytest.mark.parametrize('stride', [2, 3, 5, 8])
+def test_transposed_conv_matches_pytorch_definition(stride):
+  """y[n] = sum over (j, k) with n = j*s + k - ceil(s/2) of x[j] w[k]; output length L*s."""
+  rng = np.random.default_rng(stride)
+  x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+  module = layers.WNConvTranspose1d(4, stride)
+  params = module.init(jax.random.key(0), jnp.asarray(x))['params']
+  params = dict(params, bias=jnp.asarray(rng.normal(size=4), jnp.float32))
+  y = np.asarray(module.apply({'params': params}, jnp.asarray(x)))
+  w = np.asarray(params['kernel'])  # [2s, C_in, C_out]; weight norm is the identity at init
+  pad = math.ceil(stride / 2)
+  expected = np.zeros((2, 6 * stride, 4), np.float32) + np.asarray(params['bias'])
+  for j in range(6):
+    for k in range(2 * stride):
+      n = j * stride + k - pad
+      if 0 <= n < 6 * stride:
+        expected[:, n] += x[:, j] @ w[k]
+  np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_weight_norm_scale_is_per_input_channel_for_transposed_conv():
+  module = layers.WNConvTranspose1d(5, 2)
+  params = module.init(jax.random.key(0), jnp.zeros((1, 4, 3)))['params']
+  assert params['scale'].shape == (3,)
+  np.testing.assert_allclose(params['scale'],
+                             np.linalg.norm(np.asarray(params['kernel']), axis=(0, 2)), rtol=1e-6)
+
+
+def test_weight_norm_effective_kernel_at_init_is_the_direction():
+  module = layers.WNConv(6, (3,))
+  x = jax.random.normal(jax.random.key(1), (1, 10, 4))
+  params = module.init(jax.random.key(0), x)['params']
+  assert params['scale'].shape == (6,)
+  y = module.apply({'params': params}, x)
+  ref = jax.lax.conv_general_dilated(x, params['kernel'], (1,), 'VALID',
+                                     dimension_numbers=('NWC', 'WIO', 'NWC'))
+  np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_snake_formula():
+  x = jnp.linspace(-3, 3, 12).reshape(1, 3, 4)
+  params = {'alpha': jnp.array([0.5, 1.0, 2.0, 3.0])}
+  y = layers.Snake().apply({'params': params}, x)
+  a = np.asarray(params['alpha'])
+  np.testing.assert_allclose(y, x + np.sin(a * x) ** 2 / a, rtol=1e-5)
+
+
+def test_discriminators_return_logits_and_features():
+  config = dac_16khz.get_config('tiny')
+  disc = discriminators.Discriminators.from_config(config.discriminator)
+  audio = jax.random.normal(jax.random.key(0), (2, 1600))
+  params = disc.init(jax.random.key(1), audio)['params']
+  results = disc.apply({'params': params}, audio)
+  assert len(results) == disc.count == 3
+  for logits, features in results:
+    assert logits.shape[0] == 2 and bool(jnp.all(jnp.isfinite(logits)))
+    assert len(features) >= 2
+  # Level-invariant: the discriminators see DC-free, peak-normalised audio.
+  scaled = disc.apply({'params': params}, 0.3 * audio + 0.1)
+  np.testing.assert_allclose(scaled[0][0], results[0][0], atol=1e-4)
+
+
+def test_reference_discriminator_layout():
+  disc = discriminators.Discriminators.from_config(dac_16khz.get_config().discriminator)
+  shapes = jax.eval_shape(disc.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8000), jnp.float32))
+  results = jax.eval_shape(disc.apply, shapes, jax.ShapeDtypeStruct((1, 8000), jnp.float32))
+  assert len(results) == 8
+  assert [len(f) for _, f in results] == [5] * 5 + [20] * 3
