@@ -89,11 +89,32 @@ class Checkpointer:
       manager.close()
 
 
+def _restore_nets(manager: ocp.CheckpointManager, step: int):
+  """(gen_params, disc_params) of `step`, on this process's default device.
+
+  The abstract target comes from the checkpoint's own metadata (shapes, dtypes) with a
+  single-device sharding: the saved shardings name the devices of the machine that trained (a GPU
+  mesh, say), which need not exist here. partial_restore skips the optimizer states, which are
+  twice the parameters' size and useless for inference.
+  """
+  metadata = manager.item_metadata(step)['state']
+  tree = getattr(metadata, 'tree', metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {name: jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree[name])
+            for name in ('gen_params', 'disc_params')}
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True)))['state']
+  return state['gen_params'], state['disc_params']
+
+
 def restore_params(run_dir: str, step: int | None = None, best: bool = True):
   """(gen_params, disc_params, step) of a run, for inference: no optimizer, no target structure.
 
   Loads the best checkpoint by default (the latest when the run has no best yet), or `step`
-  from the latest ones. Arrays come back on the default device of this machine.
+  from the latest ones (or the best, if that is where it is). Arrays come back on the default
+  device of this machine, whatever devices the run trained on.
   """
   run_dir = pathlib.Path(run_dir)
   candidates = [run_dir / 'best', run_dir / 'checkpoints'] if best and step is None else [
@@ -101,15 +122,17 @@ def restore_params(run_dir: str, step: int | None = None, best: bool = True):
   for path in candidates:
     if not path.is_dir():
       continue
+    # The handlers must be named: a read-only manager cannot infer them for item_metadata.
     with ocp.CheckpointManager(path.absolute(),
+                               item_handlers={'state': ocp.PyTreeCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
       steps = manager.all_steps()
+      # best/ keeps one checkpoint (max_to_keep=1), so its latest step is the best one.
       chosen = step if step is not None else manager.latest_step()
       if chosen is None or chosen not in steps:
         continue
-      state = manager.restore(chosen, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore()))['state']
-      return state['gen_params'], state['disc_params'], chosen
+      gen_params, disc_params = _restore_nets(manager, chosen)
+      return gen_params, disc_params, chosen
   raise FileNotFoundError(
       f'no checkpoint{"" if step is None else f" at step {step}"} under {run_dir}; pass a run '
       'directory written by run_experiment.py (it holds checkpoints/ and best/)')

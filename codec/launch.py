@@ -3,6 +3,7 @@ import importlib.util
 import os
 
 from absl import flags
+from absl import logging as absl_logging
 import ml_collections
 
 # flag -> (config field path, type, help)
@@ -60,6 +61,7 @@ def run_dir(config: ml_collections.ConfigDict) -> str:
 def run(config: ml_collections.ConfigDict, flag_values) -> None:
   config = apply_user_flags(config, {name: flag_values[name].value for name in USER_FLAGS})
   check_wandb(config)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
   from codec import parallel  # pylint: disable=g-import-not-at-top  (after flags: fast errors)
   from codec import train  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed(config.distributed)

@@ -2,6 +2,7 @@
 
 Only process 0 writes files; every process logs to its console.
 """
+import dataclasses
 import json
 import logging
 import math
@@ -85,9 +86,10 @@ class RunLog:
     if self.is_writer:
       self.dir.mkdir(parents=True, exist_ok=True)
       if config.overwrite:
-        for stale in [self.dir / 'metrics.jsonl', *self.dir.glob('health_epoch_*.txt'),
+        for stale in [self.dir / 'metrics.jsonl', self.dir / 'health.jsonl',
+                      *self.dir.glob('health_epoch_*.txt'),
                       *self.dir.glob('events.out.tfevents.*')]:
-          stale.unlink()
+          stale.unlink(missing_ok=True)
       (self.dir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
     self._setup_logging()
     self.writer = SummaryWriter(str(self.dir)) if self.is_writer else None
@@ -140,7 +142,8 @@ class RunLog:
       for k, v in config[section].items():
         flat[f'{section}.{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
     flat['batch_size'] = config.batch_size
-    self.writer.add_hparams(flat, {'hparam/val_mel_distance': float('nan')}, name='hparams')
+    # The HParams dashboard needs a metric at start; it is updated by the val/ scalars.
+    self.writer.add_hparams(flat, {'val/mel_distance': 0.0}, name='hparams')
 
   def log_epoch(self, record: dict, val_audio: np.ndarray, recon: np.ndarray,
                 sample_rate: int, num_examples: int = 3) -> None:
@@ -172,6 +175,11 @@ class RunLog:
 
   def report_health(self, record: dict, flags) -> None:
     self.info(f'Health at epoch {record["epoch"]}:\n{health.format_flags(flags)}')
+    if self.is_writer:
+      with open(self.dir / 'health.jsonl', 'a') as f:
+        f.write(json.dumps({'epoch': record['epoch'], 'step': record['step'],
+                            'all_green': health.all_green(flags),
+                            'flags': [dataclasses.asdict(flag) for flag in flags]}) + '\n')
     if self.writer:
       for f in flags:
         self.writer.add_scalar(f'health/{f.check}', 1.0 if f.color == 'green' else -1.0,

@@ -21,8 +21,9 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
     if not dist.coordinator_address or dist.process_id < 0:
       raise ValueError('--config.distributed.num_processes > 1 needs --config.distributed.'
                        'coordinator_address=HOST:PORT and --config.distributed.process_id=N')
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS', '') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # Cross-host collectives between CPU devices (tests, CPU clusters); no effect on GPU/TPU. Set
+    # before anything touches a backend.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(coordinator_address=dist.coordinator_address,
                                num_processes=dist.num_processes, process_id=dist.process_id)
   elif os.environ.get('JAX_COORDINATOR_ADDRESS'):

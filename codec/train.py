@@ -291,8 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   datasets = data.make_datasets(
       config.data, sample_rate=config.model.sample_rate, global_batch_size=config.batch_size,
       seed=config.seed, cache_dir=workdir, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  run.info(datasets.summary)
+      process_count=jax.process_count())  # logs its own summary
 
   models = make_models(config)
   excerpt = int(round(config.data.excerpt_seconds * config.model.sample_rate))
@@ -309,6 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, data_state, history = restored
+    # A run stopped by max_steps records its last, partial epoch; resuming redoes that epoch.
+    history = [r for r in history if not r['partial']]
     train_iter.set_state(data_state)
     run.rewrite_history(history)
     run.info(f'Resumed from step {int(state.step)} in {workdir}')
@@ -316,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   replicated = parallel.replicated(mesh)
   step_fn = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                     out_shardings=(replicated, replicated))
-  eval_fn = jax.jit(functools.partial(eval_step, models))
+  # Replicated outputs: every host can read the validation results (multi-host included).
+  eval_fn = jax.jit(functools.partial(eval_step, models), out_shardings=replicated)
   steps_per_epoch = datasets.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   if config.max_steps:
@@ -375,7 +377,8 @@ def _end_epoch(run, ckpt, eval_fn, state, datasets, config, mesh, epoch, step, t
   """Validation, logs and checkpoints at the end of an epoch; returns the epoch's record."""
   start = time.time()
   val, recon = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
-  record = {'epoch': epoch, 'step': step, **train_summary,
+  record = {'epoch': epoch, 'step': step, 'partial': step % datasets.steps_per_epoch != 0,
+            **train_summary,
             **{f'val_{k}': v for k, v in val.items()},
             'snr_db': val['snr_db'], 'si_sdr_db': val['si_sdr_db'],
             'amplitude_ratio': val['amplitude_ratio'], 'mel_distance': val['mel_distance'],

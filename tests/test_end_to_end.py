@@ -1,0 +1,134 @@
+"""The launcher as users run it: README's command line, bad flags, SIGKILL and resume, two hosts."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+README_FLAGS = ['--batch_size', '4', '--num_epochs', '2', '--learning_rate', '1e-4',
+                '--adv_weight', '1.0', '--feat_weight', '10.0', '--recon_weight', '0.1',
+                '--vq_weight', '1.0', '--experiment_name', 'telugu_codec_DAC_FIXED']
+
+
+def launch(*args, wait=True, env=None):
+  command = [sys.executable, 'run_experiment.py', *map(str, args)]
+  env = {**os.environ, **(env or {})}
+  if not wait:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_readme_command_line_trains_and_writes_a_run(tiny_corpus, tmp_path):
+  run = tmp_path / 'run'
+  result = launch('--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
+                  '--checkpoint_dir', run, *README_FLAGS, '--config.data.val_fraction=0.2')
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'Resolved config' in result.stdout
+  config = json.loads((run / 'config.json').read_text())
+  assert config['loss']['feat_weight'] == 10.0 and config['loss']['recon_weight'] == 0.1
+  assert config['experiment_name'] == 'telugu_codec_DAC_FIXED'
+  records = [json.loads(l) for l in (run / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['epoch'] for r in records] == [1, 2]
+  for r in records:
+    for key in ('step', 'disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db', 'si_sdr_db',
+                'amplitude_ratio', 'mel_distance', 'codebook_usage'):
+      assert isinstance(r[key], (int, float)) and np.isfinite(r[key]), key
+  health = [json.loads(l) for l in (run / 'health.jsonl').read_text().splitlines()]
+  assert [h['epoch'] for h in health] == [1, 2]
+  assert all({'color', 'check', 'message'} <= set(f) for h in health for f in h['flags'])
+  assert any(p.name.isdigit() for p in (run / 'checkpoints').iterdir())
+  assert 'Health at epoch 2' in result.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--no_such_flag=1'], 'no_such_flag'),
+    (['--config.modle.encoder_dim=8'], 'modle'),
+    (['--batch_size=many'], 'batch_size'),
+    (['--config.model.encoder_dim=wide'], 'encoder_dim'),
+    (['--batch_size=6'], '--batch_size 6 must be divisible'),
+    (['--data_dir=/no/such/folder'], '/no/such/folder'),
+])
+def test_bad_flags_fail_before_training(args, message, tmp_path):
+  result = launch('--config', 'experiments/dac_16khz.py:tiny', '--checkpoint_dir', tmp_path,
+                  *args, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+  assert result.returncode != 0
+  assert message in result.stdout + result.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_use_wandb_without_wandb_says_how_to_install(tmp_path):
+  pytest.importorskip  # wandb is not a dependency; skip if someone installed it
+  if __import__('importlib').util.find_spec('wandb'):
+    pytest.skip('wandb is installed here')
+  result = launch('--config', 'experiments/dac_16khz.py:tiny', '--checkpoint_dir', tmp_path,
+                  '--use_wandb')
+  assert result.returncode != 0 and 'pip install wandb' in result.stdout + result.stderr
+
+
+def _params(run_dir, step):
+  from codec import checkpoint  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  gen, disc, _ = checkpoint.restore_params(run_dir, step=step, best=False)
+  return [np.asarray(x) for x in jax.tree.leaves((gen, disc))]
+
+
+def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(two_epoch_run, tiny_corpus,
+                                                                  tmp_path):
+  config, full_dir, history, _ = two_epoch_run
+  run = tmp_path / 'killed'
+  args = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
+          '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
+          '--config.data.val_fraction=0.2']
+  process = launch(*args, wait=False)
+  first = run / 'checkpoints' / '3'
+  deadline = time.time() + 300
+  while not first.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  final_step = history[-1]['step']
+  assert not (run / 'checkpoints' / str(final_step)).exists(), 'killed too late to test resume'
+  result = launch(*args)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'Resumed from step' in result.stdout
+  for a, b in zip(_params(full_dir, final_step), _params(run, final_step)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
+  """Two hosts on localhost (gloo CPU collectives, 2 devices each) vs one host with 4 devices."""
+  _, full_dir, history, _ = two_epoch_run
+  run = tmp_path / 'two_hosts'
+  address = f'127.0.0.1:{_free_port()}'
+  steps = 2
+  common = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
+            '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
+            '--config.data.val_fraction=0.2', f'--config.max_steps={steps}',
+            '--config.distributed.num_processes=2',
+            f'--config.distributed.coordinator_address={address}']
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  processes = [launch(*common, f'--config.distributed.process_id={i}', wait=False, env=env)
+               for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs
+  single = tmp_path / 'one_host'
+  result = launch(*common[:-2], '--checkpoint_dir', single)
+  assert result.returncode == 0, result.stdout + result.stderr
+  for a, b in zip(_params(single, steps), _params(run, steps)):
+    np.testing.assert_allclose(a, b, atol=2 * 2 * 1e-4 + 1e-6)
