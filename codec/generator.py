@@ -26,9 +26,9 @@ class ResidualUnit(nn.Module):
     pad = 3 * self.dilation
     y = layers.Snake()(x)
     y = layers.WNConv(self.dim, (7,), dilation=(self.dilation,), padding=((pad, pad),),
-                      kernel_init=layers.dac_generator_init, dtype=self.dtype)(y)
+                      dtype=self.dtype)(y)
     y = layers.Snake()(y)
-    y = layers.WNConv(self.dim, (1,), kernel_init=layers.dac_generator_init, dtype=self.dtype)(y)
+    y = layers.WNConv(self.dim, (1,), dtype=self.dtype)(y)
     return x + y
 
 
@@ -47,18 +47,17 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    init = layers.dac_generator_init
     dim = self.dim
-    x = layers.WNConv(dim, (7,), padding=((3, 3),), kernel_init=init, dtype=self.dtype)(x)
+    x = layers.WNConv(dim, (7,), padding=((3, 3),), dtype=self.dtype)(x)
     for stride in self.rates:
       x = _residual_stack(x, dim, self.dtype)
       x = layers.Snake()(x)
       dim *= 2
       pad = math.ceil(stride / 2)
       x = layers.WNConv(dim, (2 * stride,), strides=(stride,), padding=((pad, pad),),
-                        kernel_init=init, dtype=self.dtype)(x)
+                        dtype=self.dtype)(x)
     x = layers.Snake()(x)
-    return layers.WNConv(self.latent_dim, (3,), padding=((1, 1),), kernel_init=init,
+    return layers.WNConv(self.latent_dim, (3,), padding=((1, 1),),
                          dtype=self.dtype)(x)
 
 
@@ -70,15 +69,14 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    init = layers.dac_generator_init
-    x = layers.WNConv(self.dim, (7,), padding=((3, 3),), kernel_init=init, dtype=self.dtype)(z)
+    x = layers.WNConv(self.dim, (7,), padding=((3, 3),), dtype=self.dtype)(z)
     for i, stride in enumerate(self.rates):
       out_dim = self.dim // 2 ** (i + 1)
       x = layers.Snake()(x)
       x = layers.WNConvTranspose1d(out_dim, stride, dtype=self.dtype)(x)
       x = _residual_stack(x, out_dim, self.dtype)
     x = layers.Snake()(x)
-    x = layers.WNConv(1, (7,), padding=((3, 3),), kernel_init=init, dtype=self.dtype)(x)
+    x = layers.WNConv(1, (7,), padding=((3, 3),), dtype=self.dtype)(x)
     return jnp.tanh(x[..., 0].astype(jnp.float32))
 
 

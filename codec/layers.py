@@ -13,10 +13,12 @@ import jax.numpy as jnp
 
 Initializer = Callable[..., jax.Array]
 
-# PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+# PyTorch's default conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)). It is also DAC's effective
+# init: DAC's `init_weights` draws trunc_normal(0.02) into `conv.weight`, but under weight_norm that
+# tensor is recomputed from (g, v) at every forward, so only its zeroed biases survive. A real
+# std-0.02 init shrinks the signal ~20x per layer, the encoder's latent drowns in its biases within
+# a few hundred steps, and every frame maps to the same code.
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-# DAC re-initialises its generator's Conv1d weights with a truncated normal of std 0.02.
-dac_generator_init = nn.initializers.truncated_normal(0.02)
 
 
 def _weight_norm(v: jax.Array, g: jax.Array, keep_axis: int) -> jax.Array:

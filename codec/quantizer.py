@@ -33,9 +33,8 @@ class VectorQuantizer(nn.Module):
   codebook_dim: int
 
   def setup(self):
-    init = layers.dac_generator_init
-    self.in_proj = layers.WNConv(self.codebook_dim, (1,), kernel_init=init)
-    self.out_proj = layers.WNConv(self.latent_dim, (1,), kernel_init=init)
+    self.in_proj = layers.WNConv(self.codebook_dim, (1,))
+    self.out_proj = layers.WNConv(self.latent_dim, (1,))
     self.codebook = self.param(
         'codebook', nn.initializers.normal(1.0), (self.codebook_size, self.codebook_dim))
 
