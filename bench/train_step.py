@@ -26,6 +26,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_PEER_PYTHON = '/work/torchvenv/bin/python'
+HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
 
 # Dense peak FLOP/s by device kind (vendor datasheets, no sparsity): (float32, bfloat16).
 # float32 is the non-tensor-core rate; a device not listed reports 'n/a'.
@@ -114,6 +115,7 @@ def run_jax(args) -> dict:
   from codec import config as config_lib  # pylint: disable=g-import-not-at-top
   from codec import train  # pylint: disable=g-import-not-at-top
 
+  loadavg = os.getloadavg()[0]  # other work on the machine slows every number below
   config = config_lib.load(args.config)
   config.optim.compute_dtype = args.dtype
   config.batch_size = args.batch_size
@@ -145,9 +147,11 @@ def run_jax(args) -> dict:
     state, metrics, seconds = one_step(state)
     warmup.append(seconds)
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(args.steps):
     state, metrics, seconds = one_step(state)
     times.append(seconds)
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
   nonfinite = float(metrics['nonfinite'])
   step_s = statistics.median(times)
   matmul = matmul_gflops()
@@ -167,7 +171,7 @@ def run_jax(args) -> dict:
       'matmul_gflops_per_s': round(matmul, 2),
       'frac_of_matmul': round(gflops / matmul, 3) if gflops else None,
       'device': f'{device.platform}:{device.device_kind}', 'frac_of_device_peak': frac,
-      'nonfinite': nonfinite, 'sample_rate': sample_rate,
+      'nonfinite': nonfinite, 'sample_rate': sample_rate, 'loadavg': round(loadavg, 2), 'page_faults_per_step': int(faults),
       'gen_params': sum(x.size for x in jax.tree.leaves(state.gen_params)),
   }
 
@@ -297,22 +301,35 @@ def main(argv=None) -> int:
                       help='interpreter that imports torch and dac (descript-audio-codec)')
   parser.add_argument('--peer_worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--sample_rate', type=int, default=16000, help=argparse.SUPPRESS)
+  parser.add_argument('--malloc_hugepages', action='store_true',
+                      help=f'run with GLIBC_TUNABLES={HUGEPAGE_TUNABLE} (re-executes this script): '
+                           'glibc then backs large buffers with transparent huge pages, which '
+                           'removes most of the page faults XLA CPU takes on its fresh buffers '
+                           'every step (docs/performance.md)')
   args = parser.parse_args(argv)
   if args.steps < 5:
     parser.error('--steps must be at least 5 (the median of at least 5 steps is reported)')
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if args.malloc_hugepages and HUGEPAGE_TUNABLE not in tunables:
+    env = dict(os.environ, GLIBC_TUNABLES=':'.join(filter(None, [tunables, HUGEPAGE_TUNABLE])))
+    os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
+              env)
 
   if args.peer_worker:
     print(json.dumps(run_peer_worker(args)))
     return 0
 
   r = run_jax(args)
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
   print(f'train_step  {args.config}  batch {args.batch_size} x {args.seconds} s  {args.dtype}  '
-        f'({r["device"]}, {os.cpu_count()} cpus, {cpu_model()})')
+        f'({r["device"]}, {os.cpu_count()} cpus, {cpu_model()}; '
+        f'GLIBC_TUNABLES={tunables or "(unset)"}; load average before: {r["loadavg"]})')
   print(f'  compile             {r["compile_s"]:.1f} s')
   print(f'  step (median of {len(r["step_times_s"])})  {r["median_step_s"]:.3f} s   '
         f'all: {r["step_times_s"]}  warmup: {r["warmup_s"]}')
   print(f'  throughput          {r["audio_s_per_s"]:.3f} audio-s/s')
-  print(f'  peak RSS            {r["peak_rss_mib"]:.0f} MiB')
+  print(f'  peak RSS            {r["peak_rss_mib"]:.0f} MiB  '
+        f'({r["page_faults_per_step"]:,} minor page faults per step)')
   flops = r['flops_per_step']
   per_audio_s = flops / (args.batch_size * args.seconds) / 1e9 if flops else None
   print(f'  FLOPs / step        {_fmt(flops and flops / 1e9, ".1f")} GFLOP (XLA cost analysis; '
@@ -341,6 +358,8 @@ def main(argv=None) -> int:
             'peak_rss_mib': r['peak_rss_mib'], 'flops_per_step': flops,
             'gflops_per_s': r['gflops_per_s'], 'matmul_gflops_per_s': r['matmul_gflops_per_s'],
             'frac_of_device_peak': r['frac_of_device_peak'], 'device': r['device'],
+            'page_faults_per_step': r['page_faults_per_step'],
+            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'loadavg_before': r['loadavg'],
             'peer': None}
   if peer is not None:
     record['peer'] = peer if 'note' in peer else {

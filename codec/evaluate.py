@@ -259,7 +259,10 @@ def plot(summary: list[dict], path: pathlib.Path, title: str) -> None:
     ax.set_title(heading + hint[better], fontsize=10)
     ax.set_xlabel('kbps')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:
+      ax.legend(fontsize=8)
+    else:
+      ax.text(0.5, 0.5, 'not computed', ha='center', va='center', transform=ax.transAxes)
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -31,7 +31,6 @@ import pathlib
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -158,7 +157,8 @@ class Codec:
                encoder_context: int | None = None, decoder_context: int | None = None):
     self.config = config
     self.gen = generator.Generator.from_config(config.model)
-    self.params = gen_params
+    # Committed to the default device once: numpy parameters would be copied at every call.
+    self.params = jax.device_put(gen_params)
     self.step = step
     self.hop_length = self.gen.hop_length
     self.sample_rate = config.model.sample_rate
@@ -241,12 +241,16 @@ class Codec:
     progress: an optional tqdm-like object, advanced by one per window.
     """
     n_quantizers = self.check_n_quantizers(n_quantizers)
+    audio = np.asarray(audio, np.float32)
     hop = self.hop_length
     frames = math.ceil(len(audio) / hop)
     width, windows = plan_windows(frames, self.chunk_frames, self.encoder_context)
-    padded = np.zeros(max(frames, width) * hop, np.float32)
-    padded[:len(audio)] = audio
-    cut = lambda w: padded[w.start * hop:(w.start + width) * hop]
+
+    def cut(w: Window) -> np.ndarray:
+      # Zeros past the end, as the generator pads; no padded copy of a long input is made.
+      piece = audio[w.start * hop:(w.start + width) * hop]
+      return np.pad(piece, (0, width * hop - len(piece))) if len(piece) < width * hop else piece
+
     fn = lambda x: self._encode(self.params, x, n_quantizers)
     codes = np.empty((n_quantizers, frames), np.int32)
     if progress is not None:

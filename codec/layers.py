@@ -4,6 +4,8 @@ Layout is channels-last throughout: 1-D signals are f32[B, T, C], 2-D maps f32[B
 Every convolution is weight-normalised like PyTorch's `weight_norm`: the kernel is stored as a
 direction `v` and a per-channel scale `g`, initialised to ||v|| so the effective kernel at init is `v`.
 """
+import functools
+import itertools
 import math
 from typing import Callable, Sequence
 
@@ -35,6 +37,127 @@ def _norm_init(v: jax.Array, keep_axis: int) -> Callable[..., jax.Array]:
   return lambda _rng: jnp.sqrt(jnp.sum(jnp.square(v), axis=axes))
 
 
+def _xla_conv(x: jax.Array, w: jax.Array, strides, dilation, padding) -> jax.Array:
+  nd = w.ndim - 2
+  spatial = 'HW'[:nd] if nd == 2 else 'W'
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=strides, padding=padding, rhs_dilation=dilation,
+      dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'))
+
+
+def _im2col_conv(x: jax.Array, w: jax.Array, strides, dilation, padding) -> jax.Array:
+  """The conv as one matrix product: y = [x at every kernel tap] @ w.reshape(taps * C_in, C_out).
+
+  x: [B, *S, C_in], w: [*K, C_in, C_out]. The taps are strided slices of the padded input,
+  concatenated along channels in w's (row-major) tap order. Its backward pass is two matrix
+  products and a sum of padded slices: no strided or dilated XLA convolution.
+  """
+  nd = w.ndim - 2
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out = [(x.shape[1 + a] - dilation[a] * (w.shape[a] - 1) - 1) // strides[a] + 1 for a in range(nd)]
+  taps = []
+  for tap in itertools.product(*[range(k) for k in w.shape[:nd]]):
+    start = [0] + [t * d for t, d in zip(tap, dilation)] + [0]
+    limit = [x.shape[0]] + [b + (o - 1) * s + 1 for b, o, s in zip(start[1:], out, strides)] + [
+        x.shape[-1]]
+    taps.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return patches @ w.reshape(-1, w.shape[-1])
+
+
+def _interleave(phases: dict, strides, axis: int) -> jax.Array:
+  """phases[(r_0, r_1, ..)]: [B, *Q, C] -> [B, *(Q * s), C] with out[.., q*s + r, ..] = phases[r][.., q, ..]."""
+  def build(prefix, a):
+    if a == len(strides):
+      return phases[prefix]
+    parts = [build(prefix + (r,), a + 1) for r in range(strides[a])]
+    if strides[a] == 1:
+      return parts[0]
+    stacked = jnp.stack(parts, axis=axis + a + 1)
+    shape = list(parts[0].shape)
+    shape[axis + a] *= strides[a]
+    return stacked.reshape(shape)
+  return build((), 0)
+
+
+def _strided_conv_input_grad(g: jax.Array, w: jax.Array, in_shape, strides, padding) -> jax.Array:
+  """d(loss)/dx of y = conv(pad(x), w, strides) (no dilation) from g = d(loss)/dy, polyphase.
+
+  Padded input sample q*s + r receives sum_i g[q - i] w[r + i*s]: for each phase r one stride-1
+  convolution of g with the sub-kernel w[r::s] (flipped, in/out swapped), then the phases are
+  interleaved. XLA would instead convolve an input dilated with s-1 zeros per sample, a path its
+  CPU backend runs several times slower than the forward pass (and multiplying by zeros).
+  """
+  nd = w.ndim - 2
+  padded = [n + p[0] + p[1] for n, p in zip(in_shape, padding)]
+  frames = [-(-n // s) for n, s in zip(padded, strides)]
+  phases = {}
+  for phase in itertools.product(*[range(s) for s in strides]):
+    sub = w[tuple(slice(r, None, s) for r, s in zip(phase, strides))]
+    taps = sub.shape[:nd]
+    if 0 in taps:  # a kernel shorter than its stride: this phase receives nothing
+      phases[phase] = jnp.zeros((g.shape[0], *frames, w.shape[-2]), g.dtype)
+      continue
+    flipped = jnp.flip(sub, axis=tuple(range(nd))).swapaxes(-1, -2)
+    pads = tuple((k - 1, q - o) for k, q, o in zip(taps, frames, g.shape[1:1 + nd]))
+    phases[phase] = _xla_conv(g, flipped, (1,) * nd, (1,) * nd, pads)
+  dx = _interleave(phases, strides, axis=1)
+  return dx[(slice(None), *(slice(p[0], p[0] + n) for p, n in zip(padding, in_shape)), slice(None))]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _strided_conv(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:
+  """XLA's strided conv, with the input gradient computed polyphase (see above)."""
+  return _xla_conv(x, w, strides, (1,) * len(strides), padding)
+
+
+def _strided_conv_fwd(x, w, strides, padding):
+  return _strided_conv(x, w, strides, padding), (x, w)
+
+
+def _strided_conv_bwd(strides, padding, residuals, g):
+  x, w = residuals
+  _, weight_vjp = jax.vjp(lambda w: _xla_conv(x, w, strides, (1,) * len(strides), padding), w)
+  (dw,) = weight_vjp(g)
+  return _strided_conv_input_grad(g, w, x.shape[1:-1], strides, padding), dw
+
+
+_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def conv(x: jax.Array, w: jax.Array, strides=None, dilation=None, padding=None) -> jax.Array:
+  """Cross-correlation of x: [B, *S, C_in] with w: [*K, C_in, C_out] (PyTorch's Conv1d/2d maths).
+
+  One function, several ways of computing it, picked by shape for speed on XLA's CPU backend
+  (measured at the codec's shapes, docs/performance.md); all give the same result:
+  - 1x1: a matrix product;
+  - a (k, 1) kernel on a width-1 input: the 1-D conv it is;
+  - wide outputs (C_out >= 512): im2col + one matrix product, whose backward is matrix products
+    too (XLA's own gradients of these convs are up to 2x slower);
+  - strided 2-D (the complex-STFT discriminators' (3, 9) stride (1, 2)): XLA's forward, with a
+    polyphase input gradient;
+  - otherwise XLA's convolution (the generator's dilated k=7 convs, whose XLA backward is fine).
+  """
+  nd = w.ndim - 2
+  strides = tuple(strides or (1,) * nd)
+  dilation = tuple(dilation or (1,) * nd)
+  padding = tuple(tuple(p) for p in (padding or ((0, 0),) * nd))
+  if nd == 2 and x.shape[2] == 1 and w.shape[1] == 1 and padding[1] == (0, 0):
+    # A (k, 1) kernel on a width-1 map is a 1-D conv (the period discriminators, which fold
+    # their columns into the batch): XLA's 1-D convs are much faster than its 2-D ones here.
+    y = conv(x[:, :, 0], w[:, 0], strides[:1], dilation[:1], padding[:1])
+    return y[:, :, None]
+  kernel, c_in, c_out = w.shape[:nd], w.shape[-2], w.shape[-1]
+  strided = any(s != 1 for s in strides)
+  if all(k == 1 for k in kernel) and not strided and not any(p != (0, 0) for p in padding):
+    return x @ w.reshape(c_in, c_out)
+  if c_out >= 512:
+    return _im2col_conv(x, w, strides, dilation, padding)
+  if strided and nd == 2 and all(d == 1 for d in dilation):
+    return _strided_conv(x, w, strides, padding)
+  return _xla_conv(x, w, strides, dilation, padding)
+
+
 class WNConv(nn.Module):
   """Weight-normalised N-d convolution with explicit (PyTorch-style) padding.
 
@@ -50,22 +173,21 @@ class WNConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    nd = len(self.kernel_size)
     v = self.param('kernel', self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
     g = self.param('scale', _norm_init(v, -1))
     b = self.param('bias', nn.initializers.zeros, (self.features,))
+    x = x.astype(self.dtype)
+    out_shape = jax.eval_shape(
+        lambda x, v: conv(x, v, self.strides, self.dilation, self.padding), x, v.astype(self.dtype))
+    if math.prod(out_shape.shape) < v.size:
+      # conv(x, v * s) = conv(x, v) * s for a per-output-channel s = g / ||v||: scaling the
+      # (smaller) output instead of materialising the normalised kernel saves a pass over the
+      # kernel each step (the period discriminators' and the decoder's first kernels are 5-11 M).
+      norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))))
+      y = conv(x, v.astype(self.dtype), self.strides, self.dilation, self.padding)
+      return y * (g / norm).astype(self.dtype) + b.astype(self.dtype)
     w = _weight_norm(v, g, -1)
-    if all(k == 1 for k in self.kernel_size) and not any(
-        s != 1 for s in self.strides or ()) and not self.padding:
-      # A 1x1 conv is a matrix product; as such its backward pass is several times faster on CPU.
-      return x.astype(self.dtype) @ w.reshape(w.shape[-2:]).astype(self.dtype) + b.astype(self.dtype)
-    spatial = 'HW'[:nd] if nd == 2 else 'W'
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), w.astype(self.dtype),
-        window_strides=self.strides or (1,) * nd,
-        padding=self.padding or ((0, 0),) * nd,
-        rhs_dilation=self.dilation or (1,) * nd,
-        dimension_numbers=(f'N{spatial}C', f'{spatial}IO', f'N{spatial}C'))
+    y = conv(x, w.astype(self.dtype), self.strides, self.dilation, self.padding)
     return y + b.astype(self.dtype)
 
 
@@ -140,8 +262,14 @@ def _snake_bwd(residuals, g):
   inv = 1 / (alpha + 1e-9)
   two_sc = 2 * s * c  # sin(2 alpha x)
   dx = g * (1 + two_sc * alpha * inv)
-  dalpha = jnp.sum(g * (two_sc * x * inv - jnp.square(s * inv)), axis=tuple(range(x.ndim - 1)))
-  return dx, dalpha.astype(alpha.dtype)
+  per_sample = g * (two_sc * x * inv - jnp.square(s * inv))
+  # The sum over every axis but channels as a product with a ones vector: XLA's CPU backend
+  # fuses a plain sum with the elementwise maths above into one scalar (unvectorised) loop, 5x
+  # slower than this Snake's whole forward pass; the product reads the materialised terms.
+  rows = per_sample.reshape(-1, per_sample.shape[-1])
+  dalpha = jax.lax.dot(jnp.ones((1, rows.shape[0]), rows.dtype), rows,
+                       preferred_element_type=jnp.float32)
+  return dx, dalpha.reshape(alpha.shape).astype(alpha.dtype)
 
 
 snake.defvjp(_snake_fwd, _snake_bwd)

@@ -33,8 +33,10 @@ def _mean_metrics(fetched: list[dict]) -> dict:
 
 
 def postfix(step_metrics: dict) -> dict:
-  keys = ('disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db')
-  return {k.removesuffix('_loss'): f'{float(step_metrics[k]):.3g}' for k in keys}
+  keys = ('disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db', 'amplitude_ratio')
+  shown = {k.removesuffix('_loss'): f'{float(step_metrics[k]):.3g}' for k in keys}
+  shown['usage'] = f'{float(np.mean(step_metrics["codebook_usage"])):.3g}'
+  return shown
 
 
 class EpochAccumulator:
@@ -215,8 +217,10 @@ def _start_wandb(config, run_dir):
 def format_epoch_table(record: dict) -> str:
   rows = [('', 'train', 'validation')]
   for key in ('disc_loss', 'adv_loss', 'feat_loss', 'mel_loss', 'commitment_loss',
-              'codebook_loss', 'snr_db', 'amplitude_ratio'):
+              'codebook_loss'):
     rows.append((key, _fmt(record.get(key)), _fmt(record.get(f'val_{key}'))))
+  for key in ('snr_db', 'amplitude_ratio'):
+    rows.append((key, _fmt(record.get(f'train_{key}')), _fmt(record.get(key))))
   for key in ('si_sdr_db', 'mel_distance'):
     rows.append((key, '', _fmt(record.get(key))))
   rows.append(('codebook_usage', _fmt(record.get('codebook_usage')), ''))

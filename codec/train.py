@@ -377,6 +377,10 @@ def _end_epoch(run, ckpt, eval_fn, state, datasets, config, mesh, epoch, step, t
   """Validation, logs and checkpoints at the end of an epoch; returns the epoch's record."""
   start = time.time()
   val, recon = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
+  # Training-batch SNR and amplitude (quantizer dropout included) keep a train_ prefix: the
+  # unprefixed names are the validation figures the health monitor reads.
+  train_summary = {('train_' + k if k in ('snr_db', 'amplitude_ratio') else k): v
+                   for k, v in train_summary.items()}
   record = {'epoch': epoch, 'step': step, 'partial': step % datasets.steps_per_epoch != 0,
             **train_summary,
             **{f'val_{k}': v for k, v in val.items()},
