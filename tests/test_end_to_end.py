@@ -132,3 +132,18 @@ def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
   for a, b in zip(_params(single, steps), _params(run, steps)):
     np.testing.assert_allclose(a, b, atol=2 * 2 * 1e-4 + 1e-6)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
+  run = tmp_path / 'interrupted'
+  process = launch('--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
+                   '--checkpoint_dir', run, '--num_epochs', '50', '--config.data.val_fraction=0.2',
+                   wait=False)
+  deadline = time.time() + 300
+  while not (run / 'metrics.jsonl').exists() and time.time() < deadline:
+    time.sleep(0.1)
+  process.send_signal(signal.SIGINT)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  assert 'run the same command again to resume' in output
+  assert any(p.name.isdigit() for p in (run / 'checkpoints').iterdir())

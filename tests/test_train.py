@@ -153,3 +153,16 @@ def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corp
   other.overwrite = True
   checkpoint.Checkpointer(str(copy), other).close()
   assert not any(p.name.isdigit() for p in (copy / 'checkpoints').iterdir())
+
+
+def test_bfloat16_compute_trains_with_float32_state():
+  config = tiny_config()
+  config.optim.compute_dtype = 'bfloat16'
+  models = train.make_models(config)
+  state = train.create_train_state(models, jax.random.key(0), EXCERPT)
+  audio = jax.random.normal(jax.random.key(1), (4, EXCERPT)) * 0.1
+  new, metrics = jax.jit(functools.partial(train.train_step, models))(state, audio,
+                                                                      jax.random.key(2))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.gen_params))
+  assert metrics['gen_loss'].dtype == jnp.float32 and np.isfinite(float(metrics['gen_loss']))
+  assert _max_diff(new.gen_params, state.gen_params) > 0
