@@ -7,7 +7,10 @@ Prints compile time, median s/step, audio-seconds trained per second, peak RSS, 
 same run (and, on a GPU, the fraction of the device's peak). Ends with one JSON line.
 
   python bench/train_step.py --config experiments/dac_16khz.py --batch_size 4 --seconds 0.5 \\
-      [--dtype float32|bfloat16] [--steps 5] [--peer [--peer_python /work/torchvenv/bin/python]]
+      [--dtype float32|bfloat16] [--steps 5] [--peer [--peer_python /work/torchvenv/bin/python]] \\
+      [--no-malloc_hugepages]
+
+Like the trainer, it runs with glibc's huge-page malloc (codec/hugepages.py) unless told not to.
 
 --peer also times the PyTorch reference (descript-audio-codec's DAC + Discriminator, its losses and
 AdamW, same batch and excerpt length) in a subprocess run by --peer_python, an interpreter that can
@@ -26,7 +29,6 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_PEER_PYTHON = '/work/torchvenv/bin/python'
-HUGEPAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
 
 # Dense peak FLOP/s by device kind (vendor datasheets, no sparsity): (float32, bfloat16).
 # float32 is the non-tensor-core rate; a device not listed reports 'n/a'.
@@ -50,8 +52,18 @@ DEVICE_PEAKS = {
 
 
 def peak_rss_mib() -> float:
-  """Peak resident memory of this process so far (Linux reports KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  """Peak resident memory of this process so far, in MiB.
+
+  /proc/self/status's VmHWM, which is this program's own: getrusage's ru_maxrss survives exec, so
+  the --peer subprocess would report the (larger) JAX parent's peak it was forked from.
+  """
+  try:
+    for line in open('/proc/self/status'):
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) / 1024.0  # kB
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def cpu_model() -> str:
@@ -301,19 +313,18 @@ def main(argv=None) -> int:
                       help='interpreter that imports torch and dac (descript-audio-codec)')
   parser.add_argument('--peer_worker', action='store_true', help=argparse.SUPPRESS)
   parser.add_argument('--sample_rate', type=int, default=16000, help=argparse.SUPPRESS)
-  parser.add_argument('--malloc_hugepages', action='store_true',
-                      help=f'run with GLIBC_TUNABLES={HUGEPAGE_TUNABLE} (re-executes this script): '
-                           'glibc then backs large buffers with transparent huge pages, which '
-                           'removes most of the page faults XLA CPU takes on its fresh buffers '
-                           'every step (docs/performance.md)')
+  parser.add_argument('--malloc_hugepages', action=argparse.BooleanOptionalAction, default=True,
+                      help='as the trainer does (codec/hugepages.py), re-execute with glibc\'s '
+                           'huge-page malloc tunable, which removes most of the page faults XLA '
+                           'CPU takes on its fresh buffers every step; --no-malloc_hugepages: '
+                           'plain malloc (the --peer run inherits the same environment)')
   args = parser.parse_args(argv)
   if args.steps < 5:
     parser.error('--steps must be at least 5 (the median of at least 5 steps is reported)')
-  tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if args.malloc_hugepages and HUGEPAGE_TUNABLE not in tunables:
-    env = dict(os.environ, GLIBC_TUNABLES=':'.join(filter(None, [tunables, HUGEPAGE_TUNABLE])))
-    os.execve(sys.executable, [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)],
-              env)
+  sys.path.insert(0, str(ROOT))
+  from codec import hugepages  # pylint: disable=g-import-not-at-top  (imports no jax)
+  if args.malloc_hugepages and not args.peer_worker:
+    hugepages.reexec_if_needed()
 
   if args.peer_worker:
     print(json.dumps(run_peer_worker(args)))

@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_dir = ''  # empty: runs/<experiment_name>
   c.overwrite = False
   c.use_wandb = False
+  # glibc only: the launcher re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which
+  # removes ~99% of XLA CPU's per-step page faults (codec/hugepages.py, docs/performance.md).
+  c.malloc_hugepages = True
 
   # ---- Multi-host (jax.distributed); empty/-1 values are read from the environment.
   c.distributed = ml_collections.ConfigDict()

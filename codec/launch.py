@@ -6,6 +6,8 @@ from absl import flags
 from absl import logging as absl_logging
 import ml_collections
 
+from codec import hugepages
+
 # flag -> (config field path, type, help)
 USER_FLAGS = {
     'data_dir': ('data.data_dir', str, 'Folder of training audio (default: the demo corpus).'),
@@ -61,6 +63,8 @@ def run_dir(config: ml_collections.ConfigDict) -> str:
 def run(config: ml_collections.ConfigDict, flag_values) -> None:
   config = apply_user_flags(config, {name: flag_values[name].value for name in USER_FLAGS})
   check_wandb(config)
+  if config.malloc_hugepages:
+    hugepages.reexec_if_needed()  # before jax is imported; returns once the tunable is set
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
   from codec import parallel  # pylint: disable=g-import-not-at-top  (after flags: fast errors)
   from codec import train  # pylint: disable=g-import-not-at-top
@@ -68,6 +72,7 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
   train.check_config(config)
   workdir = run_dir(config)
   print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
+  print(hugepages.describe(), flush=True)
   try:
     train.train_and_evaluate(config, workdir)
   except train.TrainingStopped as e:

@@ -1,6 +1,7 @@
 """The launcher as users run it: README's command line, bad flags, SIGKILL and resume, two hosts."""
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -34,6 +35,8 @@ def test_readme_command_line_trains_and_writes_a_run(tiny_corpus, tmp_path):
                   '--checkpoint_dir', run, *README_FLAGS, '--config.data.val_fraction=0.2')
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'Resolved config' in result.stdout
+  if platform.libc_ver()[0] == 'glibc':  # the launcher re-executed itself with huge-page malloc
+    assert 'malloc: GLIBC_TUNABLES=glibc.malloc.hugetlb=1' in result.stdout
   config = json.loads((run / 'config.json').read_text())
   assert config['loss']['feat_weight'] == 10.0 and config['loss']['recon_weight'] == 0.1
   assert config['experiment_name'] == 'telugu_codec_DAC_FIXED'
