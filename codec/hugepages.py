@@ -4,8 +4,9 @@ XLA's CPU runtime takes fresh buffers from malloc every step, and glibc serves b
 32 MiB with new mmaps, so a training step of the 16 kHz reference model touches ~540,000 new
 4 KiB pages (a page fault each). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc asks for
 transparent huge pages on those mappings: 5,700-7,200 faults per step, and the step measured
-5.75-5.86 s instead of 6.21-6.66 s on 2 cores (docs/performance.md). Tunables are read only at process start,
-hence the re-execution; it keeps the process id, arguments and the rest of the environment.
+5.75-5.86 s instead of 6.21-6.66 s on 2 cores (docs/performance.md). Tunables are read only at
+process start, hence the re-execution; it keeps the process id, arguments and the rest of the
+environment.
 Elsewhere (macOS, musl, old glibc without the tunable) nothing changes.
 """
 import os

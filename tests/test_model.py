@@ -149,6 +149,59 @@ def test_transposed_conv_matches_pytorch_definition(stride):
   np.testing.assert_allclose(y, expected, atol=1e-5)
 
 
+def _direct_conv(x, w, strides, dilation, padding, cotangent=None):
+  """float64 numpy cross-correlation of x: [B, *S, C_in] with w: [*K, C_in, C_out].
+
+  With a cotangent (shaped like the output): the gradients (dx, dw) of <cotangent, y> instead.
+  """
+  nd = w.ndim - 2
+  xp = np.pad(x.astype(np.float64), ((0, 0), *padding, (0, 0)))
+  out = [(xp.shape[1 + a] - dilation[a] * (w.shape[a] - 1) - 1) // strides[a] + 1 for a in range(nd)]
+  y = np.zeros((x.shape[0], *out, w.shape[-1]))
+  dxp, dw = np.zeros_like(xp), np.zeros(w.shape)
+  for tap in np.ndindex(*w.shape[:nd]):
+    index = (slice(None), *(slice(t * d, t * d + (o - 1) * s + 1, s)
+                            for t, d, o, s in zip(tap, dilation, out, strides)))
+    if cotangent is None:
+      y += xp[index] @ w[tap].astype(np.float64)
+    else:
+      dxp[index] += cotangent @ w[tap].T.astype(np.float64)
+      dw[tap] = xp[index].reshape(-1, w.shape[-2]).T @ cotangent.reshape(-1, w.shape[-1])
+  if cotangent is None:
+    return y
+  crop = (slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape[1:-1])))
+  return dxp[crop], dw
+
+
+@pytest.mark.parametrize('x_shape, w_shape, strides, dilation, padding', [
+    ((2, 9, 8), (1, 8, 16), (1,), (1,), ((0, 0),)),  # 1x1: a matrix product
+    ((2, 9, 8), (5, 8, 512), (1,), (1,), ((2, 2),)),  # Winograd F(2, 5), odd length
+    ((2, 12, 8), (5, 8, 512), (1,), (1,), ((0, 0),)),  # .. even length, no padding
+    ((2, 4, 8), (3, 8, 512), (1,), (1,), ((1, 1),)),  # Winograd F(2, 3)
+    ((2, 20, 8), (7, 8, 512), (1,), (3,), ((9, 9),)),  # wide, dilated: im2col
+    ((2, 20, 8), (5, 8, 512), (3,), (1,), ((2, 2),)),  # wide, strided: im2col
+    ((2, 20, 8), (7, 8, 16), (1,), (3,), ((9, 9),)),  # XLA's conv
+    ((2, 6, 17, 4), (3, 9, 4, 8), (1, 2), (1, 1), ((1, 1), (4, 4))),  # strided 2-D: polyphase dx
+    ((2, 20, 1, 4), (5, 1, 4, 8), (3, 1), (1, 1), ((2, 2), (0, 0))),  # (k, 1) on width 1: 1-D
+])
+def test_every_conv_path_computes_the_same_correlation_and_gradients(x_shape, w_shape, strides,
+                                                                     dilation, padding):
+  """conv() picks a method by shape; each must match a float64 direct sum, backward included."""
+  rng = np.random.default_rng(len(x_shape) * 100 + w_shape[0])
+  x = rng.normal(size=x_shape).astype(np.float32)
+  w = (rng.normal(size=w_shape) / math.sqrt(np.prod(w_shape[:-1]))).astype(np.float32)
+  fn = lambda x, w: layers.conv(x, w, strides, dilation, padding)
+  y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w))
+  expected = _direct_conv(x, w, strides, dilation, padding)
+  assert y.shape == expected.shape
+  np.testing.assert_allclose(y, expected, atol=1e-5 * np.abs(expected).max())
+  cotangent = rng.normal(size=expected.shape).astype(np.float32)
+  dx, dw = vjp(jnp.asarray(cotangent))
+  ref_dx, ref_dw = _direct_conv(x, w, strides, dilation, padding, cotangent.astype(np.float64))
+  np.testing.assert_allclose(dx, ref_dx, atol=1e-5 * np.abs(ref_dx).max())
+  np.testing.assert_allclose(dw, ref_dw, atol=1e-5 * np.abs(ref_dw).max())
+
+
 def test_weight_norm_scale_is_per_input_channel_for_transposed_conv():
   module = layers.WNConvTranspose1d(5, 2)
   params = module.init(jax.random.key(0), jnp.zeros((1, 4, 3)))['params']
