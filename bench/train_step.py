@@ -183,7 +183,8 @@ def run_jax(args) -> dict:
       'matmul_gflops_per_s': round(matmul, 2),
       'frac_of_matmul': round(gflops / matmul, 3) if gflops else None,
       'device': f'{device.platform}:{device.device_kind}', 'frac_of_device_peak': frac,
-      'nonfinite': nonfinite, 'sample_rate': sample_rate, 'loadavg': round(loadavg, 2), 'page_faults_per_step': int(faults),
+      'nonfinite': nonfinite, 'sample_rate': sample_rate, 'loadavg': round(loadavg, 2),
+      'page_faults_per_step': int(faults),
       'gen_params': sum(x.size for x in jax.tree.leaves(state.gen_params)),
   }
 
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
             'gflops_per_s': r['gflops_per_s'], 'matmul_gflops_per_s': r['matmul_gflops_per_s'],
             'frac_of_device_peak': r['frac_of_device_peak'], 'device': r['device'],
             'page_faults_per_step': r['page_faults_per_step'],
-            'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''), 'loadavg_before': r['loadavg'],
+            'glibc_tunables': tunables, 'loadavg_before': r['loadavg'],
             'peer': None}
   if peer is not None:
     record['peer'] = peer if 'note' in peer else {

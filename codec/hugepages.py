@@ -6,14 +6,14 @@ XLA's CPU runtime takes fresh buffers from malloc every step, and glibc serves b
 transparent huge pages on those mappings: 5,700-7,200 faults per step, and the step measured
 5.75-5.86 s instead of 6.21-6.66 s on 2 cores (docs/performance.md). Tunables are read only at
 process start, hence the re-execution; it keeps the process id, arguments and the rest of the
-environment.
-Elsewhere (macOS, musl, old glibc without the tunable) nothing changes.
+environment. Elsewhere (macOS, musl, old glibc without the tunable) nothing changes.
 """
 import os
 import platform
 import sys
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
+_KEY = TUNABLE.split('=')[0] + '='  # any value the user set counts as set
 
 
 def environment(environ, libc: str | None = None) -> dict | None:
@@ -22,7 +22,7 @@ def environment(environ, libc: str | None = None) -> dict | None:
   if libc != 'glibc':
     return None
   tunables = environ.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb=' in tunables:  # set already, by us or by the user: respect it
+  if _KEY in tunables:  # set already, by us or by the user: respect it
     return None
   return dict(environ, GLIBC_TUNABLES=':'.join(filter(None, [tunables, TUNABLE])))
 
@@ -39,6 +39,6 @@ def reexec_if_needed() -> None:
 
 def describe() -> str:
   tunables = os.environ.get('GLIBC_TUNABLES', '')
-  if 'glibc.malloc.hugetlb=' in tunables:
+  if _KEY in tunables:
     return f'malloc: GLIBC_TUNABLES={tunables}'
   return 'malloc: default (no glibc huge-page tunable)'
