@@ -23,9 +23,11 @@ Initializer = Callable[..., jax.Array]
 # a few hundred steps, and every frame maps to the same code.
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
-# Kernel sizes computed as Winograd F(2, k) when wide (see conv()). Larger k needs more and
-# larger interpolation points, whose float32 rounding grows quickly; 3 and 5 stay near 1e-6.
-WINOGRAD_TAPS = (3, 5)
+# How conv() computes 1-D stride-1 convs as Winograd F(m, k): (outputs per tile m, kernel
+# pieces), or absent. Every piece keeps m + taps - 1 <= 6 interpolation points (0, +-1, +-2 and
+# infinity), whose float32 rounding stays near 1e-6; more points (3 or 1/2) cost an order of
+# magnitude. A k=7 kernel is two pieces of 4 and 3 taps over the same tiles of 3 outputs.
+WINOGRAD_PLANS = {2: (3, (2,)), 3: (2, (3,)), 5: (2, (5,)), 7: (3, (4, 3))}
 
 
 def _weight_norm(v: jax.Array, g: jax.Array, keep_axis: int) -> jax.Array:
@@ -71,15 +73,15 @@ def _im2col_conv(x: jax.Array, w: jax.Array, strides, dilation, padding) -> jax.
 
 
 @functools.cache
-def winograd_matrices(taps: int) -> tuple[tuple, tuple, tuple]:
-  """Transforms (A^T [2, n], G [n, taps], B^T [n, n]) of Winograd's F(2, taps), n = taps + 1.
+def winograd_matrices(taps: int, outputs: int = 2) -> tuple[tuple, tuple, tuple]:
+  """Transforms (A^T [m, n], G [n, taps], B^T [n, n]) of Winograd's F(m, taps), n = m + taps - 1.
 
   Toom-Cook at the points 0, 1, -1, 2, -2, .. and infinity: with V_k the n x k Vandermonde
   matrix of those points (infinity's row picks the leading coefficient), the correlation
-  y[i] = sum_k w[k] d[i + k] of a tile d of n inputs gives its 2 outputs as
-  y = V_2^T [(V_taps w) * (V_n^-T d)], with n multiplications instead of 2 * taps.
+  y[i] = sum_k w[k] d[i + k] of a tile d of n inputs gives its m outputs as
+  y = V_m^T [(V_taps w) * (V_n^-T d)], with n multiplications instead of m * taps.
   """
-  n = taps + 1
+  n = outputs + taps - 1
   points = [0.0] + [s * k for k in range(1, n) for s in (1.0, -1.0)][:n - 2]
 
   def vandermonde(cols):
@@ -88,7 +90,7 @@ def winograd_matrices(taps: int) -> tuple[tuple, tuple, tuple]:
 
   bt = np.linalg.inv(np.array(vandermonde(n))).T
   to_tuple = lambda m: tuple(tuple(float(v) for v in row) for row in np.asarray(m))
-  return (to_tuple(np.array(vandermonde(2)).T), to_tuple(vandermonde(taps)),
+  return (to_tuple(np.array(vandermonde(outputs)).T), to_tuple(vandermonde(taps)),
           to_tuple(np.where(np.abs(bt) < 1e-12, 0.0, bt)))
 
 
@@ -103,29 +105,101 @@ def _combine(coefficients, terms):
   return out
 
 
-def _winograd_conv1d(x: jax.Array, w: jax.Array, padding) -> jax.Array:
-  """Stride-1, undilated 1-D conv as Winograd F(2, k): 0.6x (k=5) / 0.67x (k=3) the products.
+def _winograd_tiles(x: jax.Array, taps: int, padding, dilation: int, outputs: int):
+  """Pads x: [B, L, C] for tiles of m = `outputs` outputs (spaced by the dilation d).
 
-  x: [B, T, C_in], w: [k, C_in, C_out]. Output pairs (2q, 2q+1) read the k+1 inputs from 2q; each
-  of the k+1 transformed input planes meets the matching transformed kernel in one matrix
-  product, and two fixed sums of the products give the pair. Autodiff's backward pass is the
-  transforms transposed and the products' gradients: the same saving. (Separate 2-D products
-  measured faster than one batched einsum on XLA's CPU backend, backward pass included.)
+  Tile (q, r) holds outputs q*m*d + r + j*d, j < m, and reads inputs q*m*d + r + i*d of the padded
+  x. Returns (plane, output length, Q) where plane(i): [B*Q*d, C] is input i of every tile.
   """
-  taps = w.shape[0]
-  at, g, bt = winograd_matrices(taps)
-  n = taps + 1
+  batch, length, channels = x.shape
+  out_length = length + padding[0] + padding[1] - dilation * (taps - 1)
+  block = outputs * dilation
+  tiles = -(-out_length // block)
+  # Zeros past the end feed outputs that are dropped, and keep every plane a whole reshape.
+  total = tiles * block + (taps + outputs - 2) * dilation
+  x = jnp.pad(x, ((0, 0), (padding[0], total - length - padding[0]), (0, 0)))
+
+  def plane(i):
+    start = i * dilation
+    blocks = x[:, start:start + tiles * block].reshape(batch, tiles, outputs, dilation, channels)
+    return blocks[:, :, 0].reshape(batch * tiles * dilation, channels)
+
+  return plane, out_length, tiles
+
+
+def _winograd_inputs(plane, outputs: int, pieces) -> list[list[jax.Array]]:
+  """Per kernel piece, its n transformed input planes B^T d: n x [B*Q*d, C_in]."""
+  planes, transformed, offset = {}, [], 0
+  for taps in pieces:
+    _, _, bt = winograd_matrices(taps, outputs)
+    inputs = [planes.setdefault(offset + i, plane(offset + i)) for i in range(len(bt))]
+    transformed.append([_combine(row, inputs) for row in bt])
+    offset += taps
+  return transformed
+
+
+def _winograd_conv1d(x: jax.Array, w: jax.Array, padding, dilation: int = 1, outputs: int = 2,
+                     pieces=None) -> jax.Array:
+  """Stride-1 1-D conv as Winograd F(m, k): n = m + k - 1 products per tile of m outputs, not m*k.
+
+  x: [B, L, C_in], w: [k, C_in, C_out]. The kernel may be split into `pieces` (tap counts summing
+  to k), each its own F(m, taps) over the same tiles, their outputs summed. Each transformed input
+  plane meets the matching transformed kernel in one matrix product, and fixed sums of the
+  products give the tile's outputs. A dilation d tiles each of the d interleaved phases.
+  (Separate 2-D products measured faster than one batched einsum on XLA's CPU backend.)
+  """
+  pieces = pieces or (w.shape[0],)
   batch, c_out = x.shape[0], w.shape[-1]
-  length = x.shape[1] + padding[0] + padding[1] - taps + 1
-  tiles = -(-length // 2)
-  # An odd length gets one more input of padding, for an output that is dropped at the end.
-  x = jnp.pad(x, ((0, 0), (padding[0], padding[1] + 2 * tiles - length), (0, 0)))
-  inputs = [jax.lax.slice_in_dim(x, i, i + 2 * tiles - 1, stride=2, axis=1).reshape(
-      batch * tiles, -1) for i in range(n)]  # n x [B*Q, C_in]
-  kernels = [_combine(row, list(w)) for row in g]  # n x [C_in, C_out]
-  products = [_combine(row, inputs) @ kernel for row, kernel in zip(bt, kernels)]
-  pairs = jnp.stack([_combine(row, products) for row in at], axis=1)  # [B*Q, 2, C_out]
-  return pairs.reshape(batch, 2 * tiles, c_out)[:, :length]
+  plane, length, tiles = _winograd_tiles(x, w.shape[0], padding, dilation, outputs)
+  tile_outputs = [None] * outputs
+  offset = 0
+  for taps, inputs in zip(pieces, _winograd_inputs(plane, outputs, pieces)):
+    at, g, _ = winograd_matrices(taps, outputs)
+    kernels = [_combine(row, list(w[offset:offset + taps])) for row in g]  # n x [C_in, C_out]
+    products = [u @ kernel for u, kernel in zip(inputs, kernels)]
+    for j, row in enumerate(at):
+      y = _combine(row, products)
+      tile_outputs[j] = y if tile_outputs[j] is None else tile_outputs[j] + y
+    offset += taps
+  y = jnp.stack([t.reshape(batch, tiles, dilation, c_out) for t in tile_outputs], axis=2)
+  return y.reshape(batch, tiles * outputs * dilation, c_out)[:, :length]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _winograd_conv1d_fast_grad(x, w, padding, dilation, outputs, pieces):
+  """_winograd_conv1d with a backward pass that is Winograd too: dx as the same fast correlation
+  of the output gradient, dw from the n products' kernel gradients. Faster than autodiff's
+  (transposed slices summed into padded planes) when rows are many and channels few, the
+  generator's 128-384-channel residual convs. Needs padding <= (k - 1) * dilation on each side."""
+  return _winograd_conv1d(x, w, padding, dilation, outputs, pieces)
+
+
+def _winograd_fast_grad_fwd(x, w, padding, dilation, outputs, pieces):
+  return _winograd_conv1d(x, w, padding, dilation, outputs, pieces), (x, w)
+
+
+def _winograd_fast_grad_bwd(padding, dilation, outputs, pieces, residuals, g):
+  x, w = residuals
+  taps, c_out = w.shape[0], w.shape[-1]
+  # dx is the correlation of g with the flipped, transposed kernel.
+  reach = (taps - 1) * dilation
+  dx = _winograd_conv1d(g, jnp.flip(w, 0).swapaxes(1, 2),
+                        (reach - padding[0], reach - padding[1]), dilation, outputs, pieces)
+  # dw: the products' kernel gradients U^T dP (dP = A g, the tile outputs' gradient spread over
+  # the n products), taken back through the kernel transform G.
+  plane, length, tiles = _winograd_tiles(x, taps, padding, dilation, outputs)
+  g = jnp.pad(g, ((0, 0), (0, tiles * outputs * dilation - length), (0, 0)))
+  g = g.reshape(g.shape[0], tiles, outputs, dilation, c_out)
+  g_outputs = [g[:, :, j].reshape(-1, c_out) for j in range(outputs)]
+  dw = []
+  for taps_i, inputs in zip(pieces, _winograd_inputs(plane, outputs, pieces)):
+    at, gm, _ = winograd_matrices(taps_i, outputs)
+    d_kernels = [u.T @ _combine(column, g_outputs) for u, column in zip(inputs, zip(*at))]
+    dw += [_combine(column, d_kernels) for column in zip(*gm)]
+  return dx, jnp.stack(dw)
+
+
+_winograd_conv1d_fast_grad.defvjp(_winograd_fast_grad_fwd, _winograd_fast_grad_bwd)
 
 
 def _interleave(phases: dict, strides, axis: int) -> jax.Array:
@@ -188,6 +262,28 @@ def _strided_conv_bwd(strides, padding, residuals, g):
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
+def _polyphase_conv1d(x: jax.Array, w: jax.Array, stride: int, padding) -> jax.Array:
+  """Strided 1-D conv as the sum of `stride` stride-1 convs, one per phase, each by conv().
+
+  y[t] = sum_k w[k] xp[s t + k] = sum_r sum_j w[r + j s] xp[s (t + j) + r]: phase r correlates
+  x_r[m] = xp[s m + r] with the sub-kernel w[r::s] at stride 1, where Winograd applies (the period
+  discriminators' 512 -> 1024, k=5, stride-3 layer: phases of 2, 2 and 1 taps).
+  x: [B, L, C_in], w: [k, C_in, C_out] -> [B, L', C_out]
+  """
+  taps = w.shape[0]
+  batch, length, channels = x.shape
+  out_length = (length + padding[0] + padding[1] - taps) // stride + 1
+  frames = out_length + (taps - 1) // stride  # enough for the longest sub-kernel
+  total = frames * stride
+  x = jnp.pad(x, ((0, 0), (padding[0], max(0, total - length - padding[0])), (0, 0)))
+  phases = x[:, :total].reshape(batch, frames, stride, channels)
+  y = None
+  for r in range(min(stride, taps)):
+    part = conv(phases[:, :, r], w[r::stride])[:, :out_length]
+    y = part if y is None else y + part
+  return y
+
+
 def conv(x: jax.Array, w: jax.Array, strides=None, dilation=None, padding=None) -> jax.Array:
   """Cross-correlation of x: [B, *S, C_in] with w: [*K, C_in, C_out] (PyTorch's Conv1d/2d maths).
 
@@ -196,14 +292,23 @@ def conv(x: jax.Array, w: jax.Array, strides=None, dilation=None, padding=None) 
   rounding (a test checks each against a float64 direct sum, gradients included):
   - 1x1: a matrix product;
   - a (k, 1) kernel on a width-1 input: the 1-D conv it is;
-  - wide (C_out >= 512), 1-D, stride 1, undilated, k in WINOGRAD_TAPS (the period
-    discriminators' 1024-channel k=5 layer, the encoder's k=3 head): Winograd F(2, k), 40% / 33%
-    fewer multiplications;
+  - k=7, 1-D, stride 1, 128+ channels in and out, at least as many rows (B * L) as output
+    channels (the generator's residual convs, any dilation): Winograd F(3, 4) + F(3, 3), 48%
+    fewer multiplications; its backward pass is Winograd too from 8 rows per output channel,
+    autodiff's below (the weight gradient's kernel-sized terms weigh more with fewer rows; with
+    fewer rows than output channels, the decoder's 1536-channel input conv, im2col is faster);
+  - wide (C_out >= 512), 1-D, stride 1, undilated, k = 3 or 5 (the period discriminators'
+    1024-channel k=5 layer, the encoder's k=3 head): Winograd F(2, k), 40% / 33% fewer
+    multiplications, autodiff's backward pass (measured faster than Winograd's at these few rows);
+  - wide (C_out >= 512), 1-D, strided, undilated, with at least a quarter as many output rows
+    as output channels (the period discriminators' stride-3 layers): one stride-1 conv per
+    stride phase, by the rules here (Winograd F(3, 2) for the 2-tap phases); 10-15% faster
+    than im2col there, 1.7x slower with fewer rows (the encoder's last down-sampling conv);
   - other wide outputs (C_out >= 512): im2col + one matrix product, whose backward is matrix
     products too (XLA's own gradients of these convs are up to 2x slower);
   - strided 2-D (the complex-STFT discriminators' (3, 9) stride (1, 2)): XLA's forward, with a
     polyphase input gradient;
-  - otherwise XLA's convolution (the generator's dilated k=7 convs, whose XLA backward is fine).
+  - otherwise XLA's convolution (the generator's narrow and strided convs).
   """
   nd = w.ndim - 2
   strides = tuple(strides or (1,) * nd)
@@ -218,9 +323,18 @@ def conv(x: jax.Array, w: jax.Array, strides=None, dilation=None, padding=None) 
   strided = any(s != 1 for s in strides)
   if all(k == 1 for k in kernel) and not strided and not any(p != (0, 0) for p in padding):
     return x @ w.reshape(c_in, c_out)
-  if (c_out >= 512 and nd == 1 and not strided and dilation == (1,) and
-      kernel[0] in WINOGRAD_TAPS):
-    return _winograd_conv1d(x, w, padding[0])
+  if nd == 1 and not strided and kernel[0] in WINOGRAD_PLANS:
+    outputs, pieces = WINOGRAD_PLANS[kernel[0]]
+    rows = x.shape[0] * x.shape[1]
+    if kernel[0] == 7 and min(c_in, c_out) >= 128 and rows >= c_out:
+      if rows >= 8 * c_out and max(padding[0]) <= (kernel[0] - 1) * dilation[0]:
+        return _winograd_conv1d_fast_grad(x, w, padding[0], dilation[0], outputs, pieces)
+      return _winograd_conv1d(x, w, padding[0], dilation[0], outputs, pieces)
+    if kernel[0] != 7 and c_out >= 512 and dilation == (1,):
+      return _winograd_conv1d(x, w, padding[0], 1, outputs, pieces)
+  if (nd == 1 and strided and dilation == (1,) and c_out >= 512 and
+      4 * x.shape[0] * (x.shape[1] // strides[0]) >= c_out):
+    return _polyphase_conv1d(x, w, strides[0], padding[0])
   if c_out >= 512:
     return _im2col_conv(x, w, strides, dilation, padding)
   if strided and nd == 2 and all(d == 1 for d in dilation):
