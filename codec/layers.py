@@ -26,7 +26,8 @@ torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'unif
 # How conv() computes 1-D stride-1 convs as Winograd F(m, k): (outputs per tile m, kernel
 # pieces), or absent. Every piece keeps m + taps - 1 <= 6 interpolation points (0, +-1, +-2 and
 # infinity), whose float32 rounding stays near 1e-6; more points (3 or 1/2) cost an order of
-# magnitude. A k=7 kernel is two pieces of 4 and 3 taps over the same tiles of 3 outputs.
+# magnitude. A k=7 kernel is two pieces of 4 and 3 taps over the same tiles of 3 outputs; k=2
+# serves the 2-tap phases of strided convs (_polyphase_conv1d).
 WINOGRAD_PLANS = {2: (3, (2,)), 3: (2, (3,)), 5: (2, (5,)), 7: (3, (4, 3))}
 
 
