@@ -300,7 +300,8 @@ def conv(x: jax.Array, w: jax.Array, strides=None, dilation=None, padding=None) 
     fewer rows than output channels, the decoder's 1536-channel input conv, im2col is faster);
   - wide (C_out >= 512), 1-D, stride 1, undilated, k = 3 or 5 (the period discriminators'
     1024-channel k=5 layer, the encoder's k=3 head): Winograd F(2, k), 40% / 33% fewer
-    multiplications, autodiff's backward pass (measured faster than Winograd's at these few rows);
+    multiplications, autodiff's backward pass (measured faster than Winograd's at these few
+    rows); k = 2 (the strided convs' phases, below) likewise as F(3, 2);
   - wide (C_out >= 512), 1-D, strided, undilated, with at least a quarter as many output rows
     as output channels (the period discriminators' stride-3 layers): one stride-1 conv per
     stride phase, by the rules here (Winograd F(3, 2) for the 2-tap phases); 10-15% faster
