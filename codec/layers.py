@@ -74,7 +74,7 @@ def _im2col_conv(x: jax.Array, w: jax.Array, strides, dilation, padding) -> jax.
 
 
 @functools.cache
-def winograd_matrices(taps: int, outputs: int = 2) -> tuple[tuple, tuple, tuple]:
+def winograd_matrices(taps: int, outputs: int) -> tuple[tuple, tuple, tuple]:
   """Transforms (A^T [m, n], G [n, taps], B^T [n, n]) of Winograd's F(m, taps), n = m + taps - 1.
 
   Toom-Cook at the points 0, 1, -1, 2, -2, .. and infinity: with V_k the n x k Vandermonde
@@ -139,8 +139,8 @@ def _winograd_inputs(plane, outputs: int, pieces) -> list[list[jax.Array]]:
   return transformed
 
 
-def _winograd_conv1d(x: jax.Array, w: jax.Array, padding, dilation: int = 1, outputs: int = 2,
-                     pieces=None) -> jax.Array:
+def _winograd_conv1d(x: jax.Array, w: jax.Array, padding, dilation: int, outputs: int,
+                     pieces) -> jax.Array:
   """Stride-1 1-D conv as Winograd F(m, k): n = m + k - 1 products per tile of m outputs, not m*k.
 
   x: [B, L, C_in], w: [k, C_in, C_out]. The kernel may be split into `pieces` (tap counts summing
@@ -149,7 +149,6 @@ def _winograd_conv1d(x: jax.Array, w: jax.Array, padding, dilation: int = 1, out
   products give the tile's outputs. A dilation d tiles each of the d interleaved phases.
   (Separate 2-D products measured faster than one batched einsum on XLA's CPU backend.)
   """
-  pieces = pieces or (w.shape[0],)
   batch, c_out = x.shape[0], w.shape[-1]
   plane, length, tiles = _winograd_tiles(x, w.shape[0], padding, dilation, outputs)
   tile_outputs = [None] * outputs
