@@ -17,6 +17,12 @@ import orbax.checkpoint as ocp
 # change of any of them is refused.
 _COMPATIBILITY_FIELDS = ('model', 'discriminator')
 
+# The layout of TrainState's optimizer states, hashed into the fingerprint so that resuming from a
+# checkpoint of another layout is refused up front (Orbax would fail deep in a tree mismatch).
+# 1: optax.flatten'ed states; 2: codec/optimizer.py's (count, mu, nu) per net, moments shaped
+# like the parameters. Inference reads only the parameters and loads either.
+STATE_LAYOUT = 2
+
 
 class IncompatibleCheckpoint(ValueError):
   pass
@@ -25,6 +31,7 @@ class IncompatibleCheckpoint(ValueError):
 def fingerprint(config: ml_collections.ConfigDict) -> str:
   """A hash of the config fields that decide the checkpoint's structure."""
   parts = {k: config[k].to_dict() for k in _COMPATIBILITY_FIELDS}
+  parts['state_layout'] = STATE_LAYOUT
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -74,8 +81,9 @@ class Checkpointer:
     meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     if meta['fingerprint'] != self.fingerprint:
       raise IncompatibleCheckpoint(
-          f'{self.workdir} holds checkpoints of a different model or discriminator config '
-          f'(fingerprint {meta["fingerprint"]}, this config {self.fingerprint}). Use another '
+          f'{self.workdir} holds checkpoints of a different model or discriminator config, or '
+          f'of an older optimizer-state layout (fingerprint {meta["fingerprint"]}, this config '
+          f'{self.fingerprint}). Use another '
           '--checkpoint_dir / --experiment_name, or pass --overwrite to start fresh there.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
     restored = self.latest.restore(step, args=ocp.args.Composite(

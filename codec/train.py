@@ -12,11 +12,9 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from codec import checkpoint
 from codec import data
@@ -26,6 +24,7 @@ from codec import health
 from codec import logs
 from codec import losses
 from codec import metrics as metrics_lib
+from codec import optimizer
 from codec import parallel
 
 log = logging.getLogger('codec.train')
@@ -36,8 +35,8 @@ class TrainState:
   step: jax.Array  # int32[]
   gen_params: Any
   disc_params: Any
-  gen_opt_state: Any
-  disc_opt_state: Any
+  gen_opt_state: optimizer.AdamWState
+  disc_opt_state: optimizer.AdamWState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +44,8 @@ class Models:
   """The two nets and their optimizers: static (hashable) parts of the jitted functions."""
   gen: generator.Generator
   disc: discriminators.Discriminators
-  gen_tx: optax.GradientTransformation
-  disc_tx: optax.GradientTransformation
-  lr_schedule: Any
+  gen_opt: optimizer.AdamW
+  disc_opt: optimizer.AdamW
   loss: ml_collections.FrozenConfigDict
   sample_rate: int
 
@@ -78,28 +76,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size(config.batch_size)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, clip: float):
-  """AdamW with DAC's betas and per-step exponential decay, after global-norm clipping."""
-  schedule = optax.exponential_decay(optim.learning_rate, transition_steps=1,
-                                     decay_rate=optim.lr_decay)
-  tx = optax.chain(optax.clip_by_global_norm(clip),
-                   optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
-  # A step with a non-finite gradient leaves parameters and optimizer state untouched (the loop
-  # then stops the run), so a NaN can never reach a checkpoint.
-  tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
-  # One flat vector instead of hundreds of leaves: the same maths in a few large ops, which XLA
-  # compiles many times faster than per-leaf op chains.
-  return optax.flatten(tx), schedule
-
-
 def make_models(config: ml_collections.ConfigDict) -> Models:
   dtype = jnp.bfloat16 if config.optim.compute_dtype == 'bfloat16' else jnp.float32
-  gen_tx, schedule = make_optimizer(config.optim, config.optim.clip_generator)
-  disc_tx, _ = make_optimizer(config.optim, config.optim.clip_discriminator)
+  # AdamW with DAC's betas and per-step decay after global-norm clipping. A step with a
+  # non-finite gradient leaves parameters and optimizer state untouched (the loop then stops the
+  # run), so a NaN can never reach a checkpoint.
   return Models(
       gen=generator.Generator.from_config(config.model, dtype=dtype),
       disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype),
-      gen_tx=gen_tx, disc_tx=disc_tx, lr_schedule=schedule,
+      gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator),
+      disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate)
 
 
@@ -109,8 +95,8 @@ def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> 
   gen_params = models.gen.init(gen_rng, audio)['params']
   disc_params = models.disc.init(disc_rng, audio)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params, disc_params=disc_params,
-                    gen_opt_state=models.gen_tx.init(gen_params),
-                    disc_opt_state=models.disc_tx.init(disc_params))
+                    gen_opt_state=models.gen_opt.init(gen_params),
+                    disc_opt_state=models.disc_opt.init(disc_params))
 
 
 def _split(results):
@@ -164,11 +150,6 @@ def discriminator_objective(models: Models, disc_params, audio, recon):
   }
 
 
-def _global_norm(tree) -> jax.Array:
-  # One concatenation (shared with optax.flatten's) and one reduction, not one per leaf.
-  return jnp.linalg.norm(jax.flatten_util.ravel_pytree(tree)[0])
-
-
 def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Array):
   """One GAN step in DAC's order. audio: f32[B, T]. Returns (new state, metrics).
 
@@ -189,21 +170,18 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
   (_, disc_metrics), disc_grads = jax.value_and_grad(
       functools.partial(discriminator_objective, models), has_aux=True)(
           state.disc_params, audio, recon)
-  disc_updates, disc_opt_state = models.disc_tx.update(
+  disc_params, disc_opt_state, disc_grad_norm = models.disc_opt.update(
       disc_grads, state.disc_opt_state, state.disc_params)
-  disc_params = optax.apply_updates(state.disc_params, disc_updates)
 
   (_, gen_terms), output_grads = jax.value_and_grad(
       functools.partial(generator_objective, models, disc_params), argnums=(1, 2, 3),
       has_aux=True)(audio, recon, commitment, codebook)
   (gen_grads,) = gen_vjp(output_grads)
-  gen_updates, gen_opt_state = models.gen_tx.update(
+  gen_params, gen_opt_state, gen_grad_norm = models.gen_opt.update(
       gen_grads, state.gen_opt_state, state.gen_params)
-  gen_params = optax.apply_updates(state.gen_params, gen_updates)
 
   new_state = TrainState(step=state.step + 1, gen_params=gen_params, disc_params=disc_params,
                          gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state)
-  gen_grad_norm, disc_grad_norm = _global_norm(gen_grads), _global_norm(disc_grads)
   finite = jnp.isfinite(gen_grad_norm + disc_grad_norm + gen_terms['gen_loss'] +
                         disc_metrics['disc_loss'])
 
@@ -212,9 +190,9 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       **gen_terms, **disc_metrics,
       'gen_grad_norm': gen_grad_norm,
       'disc_grad_norm': disc_grad_norm,
-      'gen_param_norm': _global_norm(state.gen_params),
-      'disc_param_norm': _global_norm(state.disc_params),
-      'learning_rate': models.lr_schedule(state.step),
+      'gen_param_norm': optimizer.global_norm(state.gen_params),
+      'disc_param_norm': optimizer.global_norm(state.disc_params),
+      'learning_rate': models.gen_opt.learning_rate_at(state.step),
       'snr_db': jnp.mean(metrics_lib.snr_db(audio, recon)),
       'amplitude_ratio': jnp.mean(metrics_lib.amplitude_ratio(audio, recon)),
       'codebook_perplexity': perplexity,

@@ -63,7 +63,7 @@ def make_run_dir(path, config, step=3):
   gen_params, disc_params = random_params(models.gen), random_params(models.disc)
   state = train.TrainState(
       step=np.int32(step), gen_params=gen_params, disc_params=disc_params,
-      gen_opt_state=models.gen_tx.init(gen_params), disc_opt_state=models.disc_tx.init(disc_params))
+      gen_opt_state=models.gen_opt.init(gen_params), disc_opt_state=models.disc_opt.init(disc_params))
   path.mkdir(parents=True, exist_ok=True)
   (path / 'config.json').write_text(config.to_json_best_effort(indent=2))
   ckpt = checkpoint.Checkpointer(str(path), config)

@@ -91,7 +91,7 @@ def test_one_device_and_four_devices_agree_after_three_steps(setup):
       for name in ('disc_loss', 'gen_loss', 'mel_loss', 'feat_loss', 'adv_loss', 'gen_grad_norm',
                    'disc_grad_norm'):
         np.testing.assert_allclose(metrics_1[name], metrics_4[name], rtol=1e-5, err_msg=name)
-  bound = 3 * 2 * float(models.lr_schedule(0)) + 1e-6
+  bound = 3 * 2 * float(models.gen_opt.learning_rate_at(0)) + 1e-6
   assert _max_diff(state_1.gen_params, state_4.gen_params) <= bound
   assert _max_diff(state_1.disc_params, state_4.disc_params) <= bound
 
@@ -142,7 +142,7 @@ def test_resume_continues_to_the_same_parameters(tiny_corpus, tmp_path, two_epoc
 
 
 def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corpus, tmp_path,
-                                                                      two_epoch_run):
+                                                                      two_epoch_run, monkeypatch):
   _, workdir, _, _ = two_epoch_run
   other = tiny_config(tiny_corpus, num_epochs=2)
   other.model.codebook_size = 32
@@ -150,6 +150,13 @@ def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corp
     train.train_and_evaluate(other, str(workdir))
   copy = tmp_path / 'copy'
   shutil.copytree(workdir, copy)
+  # Same config, checkpoints of another optimizer-state layout.
+  same = tiny_config(tiny_corpus, num_epochs=2)
+  monkeypatch.setattr(checkpoint, 'STATE_LAYOUT', checkpoint.STATE_LAYOUT + 1)
+  ckpt = checkpoint.Checkpointer(str(copy), same)
+  with pytest.raises(checkpoint.IncompatibleCheckpoint, match='optimizer-state layout'):
+    ckpt.restore_latest(None)
+  ckpt.close()
   other.overwrite = True
   checkpoint.Checkpointer(str(copy), other).close()
   assert not any(p.name.isdigit() for p in (copy / 'checkpoints').iterdir())
