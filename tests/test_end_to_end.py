@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -11,13 +12,13 @@ import time
 import numpy as np
 import pytest
 
+from conftest import README_FLAGS
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-README_FLAGS = ['--batch_size', '4', '--num_epochs', '2', '--learning_rate', '1e-4',
-                '--adv_weight', '1.0', '--feat_weight', '10.0', '--recon_weight', '0.1',
-                '--vq_weight', '1.0', '--experiment_name', 'telugu_codec_DAC_FIXED']
+# The weights of the suite's other training runs (so the step comes from the compilation cache).
+WEIGHT_FLAGS = [f'--{name}={value}' for name, value in README_FLAGS.items()]
 
 
 def launch(*args, wait=True, env=None):
@@ -32,7 +33,8 @@ def launch(*args, wait=True, env=None):
 def test_readme_command_line_trains_and_writes_a_run(tiny_corpus, tmp_path):
   run = tmp_path / 'run'
   result = launch('--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
-                  '--checkpoint_dir', run, *README_FLAGS, '--config.data.val_fraction=0.2')
+                  '--checkpoint_dir', run, '--batch_size', '4', '--num_epochs', '2', *WEIGHT_FLAGS,
+                  '--experiment_name', 'telugu_codec_DAC_FIXED', '--config.data.val_fraction=0.2')
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'Resolved config' in result.stdout
   if platform.libc_ver()[0] == 'glibc':  # the launcher re-executed itself with huge-page malloc
@@ -91,7 +93,7 @@ def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(two_epoch_run,
   run = tmp_path / 'killed'
   args = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
           '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
-          '--config.data.val_fraction=0.2']
+          '--config.data.val_fraction=0.2', *WEIGHT_FLAGS]
   process = launch(*args, wait=False)
   first = run / 'checkpoints' / '3'
   deadline = time.time() + 300
@@ -116,37 +118,38 @@ def _free_port() -> int:
 
 def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
   """Two hosts on localhost (gloo CPU collectives, 2 devices each) vs one host with 4 devices."""
-  _, full_dir, history, _ = two_epoch_run
+  _, one_host, _, _ = two_epoch_run
   run = tmp_path / 'two_hosts'
   address = f'127.0.0.1:{_free_port()}'
-  steps = 2
+  steps = 3  # the one-host run keeps a checkpoint there
   common = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
             '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
-            '--config.data.val_fraction=0.2', f'--config.max_steps={steps}',
+            '--config.data.val_fraction=0.2', f'--config.max_steps={steps}', *WEIGHT_FLAGS,
             '--config.distributed.num_processes=2',
             f'--config.distributed.coordinator_address={address}']
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   processes = [launch(*common, f'--config.distributed.process_id={i}', wait=False, env=env)
                for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in processes]
-  assert all(p.returncode == 0 for p in processes), outputs
-  single = tmp_path / 'one_host'
-  result = launch(*common[:-2], '--checkpoint_dir', single)
-  assert result.returncode == 0, result.stdout + result.stderr
-  for a, b in zip(_params(single, steps), _params(run, steps)):
-    np.testing.assert_allclose(a, b, atol=2 * 2 * 1e-4 + 1e-6)
+  assert all(p.returncode == 0 for p in processes), [o[-3000:] for o in outputs]
+  # Adam's first updates are ~lr * sign(g): gradients within round-off of zero may flip, so each
+  # step may move a parameter by up to 2 lr between the two device layouts.
+  for a, b in zip(_params(one_host, steps), _params(run, steps)):
+    np.testing.assert_allclose(a, b, atol=steps * 2 * 1e-4 + 1e-6)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
   run = tmp_path / 'interrupted'
   process = launch('--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
                    '--checkpoint_dir', run, '--num_epochs', '50', '--config.data.val_fraction=0.2',
-                   wait=False)
+                   *WEIGHT_FLAGS, wait=False)
+  first = run / 'checkpoints' / '4'  # training is under way (the tiny config saves every 4 steps)
   deadline = time.time() + 300
-  while not (run / 'metrics.jsonl').exists() and time.time() < deadline:
-    time.sleep(0.1)
+  while not first.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
   process.send_signal(signal.SIGINT)
   output, _ = process.communicate(timeout=300)
   assert process.returncode == 0, output
-  assert 'run the same command again to resume' in output
-  assert any(p.name.isdigit() for p in (run / 'checkpoints').iterdir())
+  saved = re.search(r'Saved step (\d+); run the same command again to resume', output)
+  assert saved, output[-3000:]
+  assert (run / 'checkpoints' / saved.group(1)).is_dir()
