@@ -11,6 +11,7 @@ import shutil
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 # Fields that change parameter shapes or the meaning of the optimizer state: resuming across a
@@ -35,27 +36,36 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _write_replicated_arrays_from_one_device() -> None:
-  """Makes Orbax write each replicated array from one device, as one piece.
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's PyTree handler, writing each replicated array from one device, as one piece.
 
   Orbax's default on CPU and TPU cuts every replicated array into one slice per replica so that
   several hosts can share the writing: an eager slice (and its compile) per array and device at
-  every save, 2-3 s per save of the tiny config on 4 CPU devices and no gain on one host. It is
-  kept across hosts, for slices of 1 MiB or more. Orbax reads this handler from its process-wide
-  registry (StandardSave takes no handler of its own). The default handler's array-metadata store
-  serves PRNG-key arrays, which the state does not hold.
+  every save, which blocked the loop ~3 s per save of the 16 kHz state on 4 CPU devices (2-3 s
+  for the tiny config) and gains nothing on one host. It is kept across hosts, for slices of 1 MiB
+  or more. (The default handler's array-metadata store serves PRNG-key arrays, which the state
+  does not hold.)
   """
-  ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-      use_replica_parallel=jax.process_count() > 1, min_slice_bytes_for_replica_parallel=1 << 20),
-      override=True)
+  scalars = ocp.type_handlers.ScalarHandler()
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=jax.process_count() > 1,
+          min_slice_bytes_for_replica_parallel=1 << 20)),
+      (np.ndarray, ocp.type_handlers.NumpyHandler()), (np.number, scalars), (int, scalars),
+      (float, scalars))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def _manager(path: pathlib.Path, **options) -> ocp.CheckpointManager:
   # Across hosts, Orbax names its barriers after the step: latest/ and best/ save the same step at
   # an epoch's end, and without their own prefixes their barriers collide once saves overlap.
-  return ocp.CheckpointManager(path.absolute(), options=ocp.CheckpointManagerOptions(
-      create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix=path.name), **options))
+  return ocp.CheckpointManager(
+      path.absolute(),
+      item_handlers={'state': _state_handler(), 'data': ocp.JsonCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(
+          create=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=path.name), **options))
 
 
 class Checkpointer:
@@ -63,7 +73,6 @@ class Checkpointer:
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     self.workdir = pathlib.Path(workdir)
     self.fingerprint = fingerprint(config)
-    _write_replicated_arrays_from_one_device()
     latest_dir, best_dir = self.workdir / 'checkpoints', self.workdir / 'best'
     if config.overwrite and jax.process_index() == 0:
       for path in (latest_dir, best_dir):
@@ -74,7 +83,7 @@ class Checkpointer:
 
   def _args(self, state, data_state, history):
     meta = {'fingerprint': self.fingerprint, 'history': history}
-    return ocp.args.Composite(state=ocp.args.StandardSave(state),
+    return ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                               data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta))
 
   def save(self, step: int, state, data_state: dict, history: list, wait: bool = False) -> None:
@@ -106,7 +115,9 @@ class Checkpointer:
           '--checkpoint_dir / --experiment_name, or pass --overwrite to start fresh there.')
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
+        state=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+        data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
     return restored['state'], restored['data'], restored['meta']['history']
 
