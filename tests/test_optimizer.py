@@ -73,7 +73,7 @@ def test_clipped_first_step_moves_each_entry_by_the_learning_rate():
   """Adam's first step is lr * g / |g| (+ weight decay) whatever the gradient's scale."""
   opt = optimizer.AdamW.from_config(OPTIM, CLIP)
   params = _params(0)
-  grads = jax.tree.map(lambda x: 1e3 * jnp.sign(x) + 0 * x, _params(7))
+  grads = jax.tree.map(lambda x: 1e3 * jnp.sign(x), _params(7))
   new, _, _ = opt.update(grads, opt.init(params), params)
   for p, g, p_new in zip(*(jax.tree.leaves(t) for t in (params, grads, new))):
     expected = p - OPTIM.learning_rate * (jnp.sign(g) + OPTIM.weight_decay * p)
