@@ -24,11 +24,15 @@ Initializer = Callable[..., jax.Array]
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 # How conv() computes 1-D stride-1 convs as Winograd F(m, k): (outputs per tile m, kernel
-# pieces), or absent. Every piece keeps m + taps - 1 <= 6 interpolation points (0, +-1, +-2 and
-# infinity), whose float32 rounding stays near 1e-6; more points (3 or 1/2) cost an order of
-# magnitude. A k=7 kernel is two pieces of 4 and 3 taps over the same tiles of 3 outputs; k=2
-# serves the 2-tap phases of strided convs (_polyphase_conv1d).
-WINOGRAD_PLANS = {2: (3, (2,)), 3: (2, (3,)), 5: (2, (5,)), 7: (3, (4, 3))}
+# pieces), or absent. Every piece keeps m + taps - 1 <= 8 interpolation points (0, +-1, +-2,
+# +-1/2 and infinity), whose float32 rounding stays within ~4e-6 of the largest output at
+# 1024 channels (F(2, 5) at 6 points: 3e-6); +-3 in place of +-1/2 costs an order of magnitude.
+# Larger tiles need fewer products per output (F(3, 5): 7/3 instead of F(2, 5)'s 3) but leave
+# fewer rows per product: F(4, 5) was slower, its ~100-row products (the period
+# discriminators at batch 4) run at half the matrix rate. A k=7 kernel is two pieces of 4 and
+# 3 taps over the same tiles of 4 outputs (13/4 products per output); k=2 serves the 2-tap
+# phases of strided convs (_polyphase_conv1d).
+WINOGRAD_PLANS = {2: (3, (2,)), 3: (2, (3,)), 5: (3, (5,)), 7: (4, (4, 3))}
 
 
 def _weight_norm(v: jax.Array, g: jax.Array, keep_axis: int) -> jax.Array:
@@ -77,13 +81,15 @@ def _im2col_conv(x: jax.Array, w: jax.Array, strides, dilation, padding) -> jax.
 def winograd_matrices(taps: int, outputs: int) -> tuple[tuple, tuple, tuple]:
   """Transforms (A^T [m, n], G [n, taps], B^T [n, n]) of Winograd's F(m, taps), n = m + taps - 1.
 
-  Toom-Cook at the points 0, 1, -1, 2, -2, .. and infinity: with V_k the n x k Vandermonde
+  Toom-Cook at the points 0, 1, -1, 2, -2, 1/2, -1/2 (the first n - 1) and infinity: with V_k the n x k Vandermonde
   matrix of those points (infinity's row picks the leading coefficient), the correlation
   y[i] = sum_k w[k] d[i + k] of a tile d of n inputs gives its m outputs as
   y = V_m^T [(V_taps w) * (V_n^-T d)], with n multiplications instead of m * taps.
   """
   n = outputs + taps - 1
-  points = [0.0] + [s * k for k in range(1, n) for s in (1.0, -1.0)][:n - 2]
+  points = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5][:n - 1]
+  if len(points) < n - 1:
+    raise ValueError(f'Winograd F({outputs}, {taps}) needs {n} points; 8 are defined')
 
   def vandermonde(cols):
     rows = [[p ** j for j in range(cols)] for p in points]
@@ -293,13 +299,13 @@ def conv(x: jax.Array, w: jax.Array, strides=None, dilation=None, padding=None) 
   - 1x1: a matrix product;
   - a (k, 1) kernel on a width-1 input: the 1-D conv it is;
   - k=7, 1-D, stride 1, 128+ channels in and out, at least as many rows (B * L) as output
-    channels (the generator's residual convs, any dilation): Winograd F(3, 4) + F(3, 3), 48%
+    channels (the generator's residual convs, any dilation): Winograd F(4, 4) + F(4, 3), 54%
     fewer multiplications; its backward pass is Winograd too from 8 rows per output channel,
     autodiff's below (the weight gradient's kernel-sized terms weigh more with fewer rows; with
     fewer rows than output channels, the decoder's 1536-channel input conv, im2col is faster);
   - wide (C_out >= 512), 1-D, stride 1, undilated, k = 3 or 5 (the period discriminators'
-    1024-channel k=5 layer, the encoder's k=3 head): Winograd F(2, k), 40% / 33% fewer
-    multiplications, autodiff's backward pass (measured faster than Winograd's at these few
+    1024-channel k=5 layer, the encoder's k=3 head): Winograd F(3, 5) / F(2, 3), 53% / 33%
+    fewer multiplications, autodiff's backward pass (measured faster than Winograd's at these few
     rows); k = 2 (the strided convs' phases, below) likewise as F(3, 2);
   - wide (C_out >= 512), 1-D, strided, undilated, with at least a quarter as many output rows
     as output channels (the period discriminators' stride-3 layers): one stride-1 conv per

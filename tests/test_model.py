@@ -184,11 +184,11 @@ def _direct_conv(x, w, strides, dilation, padding, cotangent=None):
 
 @pytest.mark.parametrize('x_shape, w_shape, strides, dilation, padding', [
     ((2, 9, 8), (1, 8, 16), (1,), (1,), ((0, 0),)),  # 1x1: a matrix product
-    ((2, 9, 8), (5, 8, 512), (1,), (1,), ((2, 2),)),  # Winograd F(2, 5), odd length
-    ((2, 12, 8), (5, 8, 512), (1,), (1,), ((0, 0),)),  # .. even length, no padding
+    ((2, 9, 8), (5, 8, 512), (1,), (1,), ((2, 2),)),  # Winograd F(3, 5), whole tiles
+    ((2, 12, 8), (5, 8, 512), (1,), (1,), ((0, 0),)),  # .. a partial last tile, no padding
     ((2, 4, 8), (3, 8, 512), (1,), (1,), ((1, 1),)),  # Winograd F(2, 3)
     ((2, 20, 8), (7, 8, 512), (1,), (3,), ((9, 9),)),  # wide, dilated: im2col
-    ((2, 70, 128), (7, 128, 130), (1,), (3,), ((9, 9),)),  # k=7: F(3, 4) + F(3, 3), dilated
+    ((2, 70, 128), (7, 128, 130), (1,), (3,), ((9, 9),)),  # k=7: F(4, 4) + F(4, 3), dilated
     ((2, 520, 128), (7, 128, 128), (1,), (3,), ((9, 9),)),  # .. many rows: Winograd backward
     ((2, 520, 130), (7, 130, 128), (1,), (1,), ((6, 2),)),  # .. undilated, uneven padding
     ((2, 200, 8), (5, 8, 512), (3,), (1,), ((2, 2),)),  # wide, strided: polyphase, F(3, 2)
@@ -215,6 +215,22 @@ def test_every_conv_path_computes_the_same_correlation_and_gradients(x_shape, w_
   ref_dx, ref_dw = _direct_conv(x, w, strides, dilation, padding, cotangent.astype(np.float64))
   np.testing.assert_allclose(dx, ref_dx, atol=1e-5 * np.abs(ref_dx).max())
   np.testing.assert_allclose(dw, ref_dw, atol=1e-5 * np.abs(ref_dw).max())
+
+
+@pytest.mark.parametrize('taps, outputs', sorted(
+    {(taps, m) for m, pieces in layers.WINOGRAD_PLANS.values() for taps in pieces}))
+def test_winograd_transforms_are_exact_correlations(taps, outputs):
+  """A^T [(G w) * (B^T d)] is the tile's correlation, exactly in float64, for every plan's piece."""
+  at, g, bt = (np.array(m) for m in layers.winograd_matrices(taps, outputs))
+  rng = np.random.default_rng(taps * 10 + outputs)
+  d, w = rng.normal(size=outputs + taps - 1), rng.normal(size=taps)
+  direct = [np.dot(w, d[i:i + taps]) for i in range(outputs)]
+  np.testing.assert_allclose(at @ ((g @ w) * (bt @ d)), direct, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_refuses_tiles_beyond_its_points():
+  with pytest.raises(ValueError, match='needs 9 points'):
+    layers.winograd_matrices(5, 5)
 
 
 def test_weight_norm_scale_is_per_input_channel_for_transposed_conv():
