@@ -192,7 +192,8 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       'disc_grad_norm': disc_grad_norm,
       'gen_param_norm': optimizer.global_norm(state.gen_params),
       'disc_param_norm': optimizer.global_norm(state.disc_params),
-      'learning_rate': models.gen_opt.learning_rate_at(state.step),
+      # The rate this step's update used: skipped (non-finite) steps do not advance it.
+      'learning_rate': models.gen_opt.learning_rate_at(state.gen_opt_state.count),
       'snr_db': jnp.mean(metrics_lib.snr_db(audio, recon)),
       'amplitude_ratio': jnp.mean(metrics_lib.amplitude_ratio(audio, recon)),
       'codebook_perplexity': perplexity,

@@ -58,6 +58,12 @@ def test_non_finite_step_leaves_the_state_unchanged(setup):
   assert float(metrics['nonfinite']) == 1.0
   assert _max_diff(new.gen_params, state.gen_params) == 0.0
   assert _max_diff(new.disc_params, state.disc_params) == 0.0
+  # The skipped update does not count: the next step applies (and reports) the first rate.
+  models = setup[0]
+  assert float(models.gen_opt.learning_rate_at(1)) != float(models.gen_opt.learning_rate_at(0))
+  _, metrics = step(new, parallel.shard_global(audio, mesh), jax.random.key(3))
+  assert float(metrics['nonfinite']) == 0.0
+  assert float(metrics['learning_rate']) == float(models.gen_opt.learning_rate_at(0))
 
 
 def test_state_is_replicated_and_batch_sharded_over_all_devices(setup):
