@@ -81,10 +81,10 @@ def _im2col_conv(x: jax.Array, w: jax.Array, strides, dilation, padding) -> jax.
 def winograd_matrices(taps: int, outputs: int) -> tuple[tuple, tuple, tuple]:
   """Transforms (A^T [m, n], G [n, taps], B^T [n, n]) of Winograd's F(m, taps), n = m + taps - 1.
 
-  Toom-Cook at the points 0, 1, -1, 2, -2, 1/2, -1/2 (the first n - 1) and infinity: with V_k the n x k Vandermonde
-  matrix of those points (infinity's row picks the leading coefficient), the correlation
-  y[i] = sum_k w[k] d[i + k] of a tile d of n inputs gives its m outputs as
-  y = V_m^T [(V_taps w) * (V_n^-T d)], with n multiplications instead of m * taps.
+  Toom-Cook at the first n - 1 of the points 0, 1, -1, 2, -2, 1/2, -1/2 and at infinity: with
+  V_k the n x k Vandermonde matrix of those points (infinity's row picks the leading
+  coefficient), the correlation y[i] = sum_k w[k] d[i + k] of a tile d of n inputs gives its
+  m outputs as y = V_m^T [(V_taps w) * (V_n^-T d)], with n multiplications instead of m * taps.
   """
   n = outputs + taps - 1
   points = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5][:n - 1]
