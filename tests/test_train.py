@@ -51,7 +51,7 @@ def test_one_step_updates_both_nets_with_finite_metrics(setup):
 
 
 def test_non_finite_step_leaves_the_state_unchanged(setup):
-  _, mesh, state, step, audio = setup
+  models, mesh, state, step, audio = setup
   bad = audio.copy()
   bad[0, 10] = np.nan
   new, metrics = step(state, parallel.shard_global(bad, mesh), jax.random.key(2))
@@ -59,7 +59,6 @@ def test_non_finite_step_leaves_the_state_unchanged(setup):
   assert _max_diff(new.gen_params, state.gen_params) == 0.0
   assert _max_diff(new.disc_params, state.disc_params) == 0.0
   # The skipped update does not count: the next step applies (and reports) the first rate.
-  models = setup[0]
   assert float(models.gen_opt.learning_rate_at(1)) != float(models.gen_opt.learning_rate_at(0))
   _, metrics = step(new, parallel.shard_global(audio, mesh), jax.random.key(3))
   assert float(metrics['nonfinite']) == 0.0
