@@ -74,9 +74,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.random_gain_db = 0.0  # half-width of a uniform random gain; 0 disables it
   c.data.phase_inversion = True
   c.data.silence_db = -60.0  # excerpts quieter than this (RMS, dBFS) are skipped
+  # False: each file's excerpts tile it (one random offset per file and epoch). True: DAC's
+  # salient excerpts, each at a random offset redrawn up to salient_tries times until its level
+  # (RMS, dBFS) reaches salient_db; long recordings with pauses then train on sound.
+  c.data.salient_excerpts = False
+  c.data.salient_db = -40.0
+  c.data.salient_tries = 8
   c.data.num_workers = 0
   c.data.prefetch = 2
-  c.data.decode_cache_mb = 256  # per worker: LRU of whole files decoded for resampling
+  c.data.open_files = 64  # per worker: idle file handles kept open (opening an mp3 scans it)
+  c.data.decode_cache_mb = 256  # per worker: LRU of whole files decoded (only files soundfile
+  # cannot read, decoded by librosa)
 
   # ---- Training loop.
   c.batch_size = 12  # global, over every device and host

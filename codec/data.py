@@ -10,11 +10,19 @@ rate, gives n_f = floor(L_f / E) non-overlapping excerpts of E samples starting 
 (k < n_f), with a random offset o_fe in [0, L_f - n_f * E] per (seed, epoch, file). The count per
 file is fixed, so steps_per_epoch = sum(n_f) // global_batch is known up front (the remainder,
 less than one batch, is dropped and differs every epoch), and an epoch misses less than one
-excerpt's worth of each file. The excerpt order is grain's index shuffle, reseeded per epoch.
+excerpt's worth of each file. With `data.salient_excerpts` (DAC's salient excerpts) the count per
+file is the same, but excerpt x of epoch e starts at the first of `data.salient_tries` uniform
+offsets in [0, L_f - E], drawn from (seed, e, x), that is at least `data.salient_db` loud (else at
+the last one): long recordings with pauses train on sound. The excerpt order is grain's index
+shuffle, reseeded per epoch.
 Host p of P reads only rows [p * B/P, (p + 1) * B/P) of every global batch. Loudness normalisation
 and the augmentations are seeded by (seed, epoch, position in the epoch), so every batch is a pure
 function of its index: the iterator's state is the number of batches delivered, and a resumed run
 sees identical batches.
+
+An excerpt costs one seek and a window of the file at its own rate, resampled alone with enough
+context on each side to equal resampling the whole file (audio_io.read_resampled); each worker
+keeps its recently used files open (`data.open_files`), since opening an mp3 scans all of it.
 
 Excerpts that are silent (below `data.silence_db`) or hold NaN/Inf samples, and files that turn out
 unreadable at decode time, are replaced by the next excerpt of the epoch's order: deterministic, and
@@ -44,7 +52,7 @@ _LOG = logging.getLogger('codec.data')
 # How many later excerpts of the epoch's order are tried in place of a silent or broken one.
 _MAX_REPLACEMENTS = 16
 # Independent random streams drawn from the same (seed, epoch, ...) key.
-_OFFSET_STREAM, _AUGMENT_STREAM, _SHUFFLE_STREAM = 1, 2, 3
+_OFFSET_STREAM, _AUGMENT_STREAM, _SHUFFLE_STREAM, _SALIENT_STREAM = 1, 2, 3, 4
 
 
 # -------------------------------------------------------------------------------------------------
@@ -94,6 +102,7 @@ class _Files:
   """The training files, as arrays indexed by file number f."""
   paths: tuple[str, ...]  # absolute
   native_rates: np.ndarray  # i64[F]
+  native_frames: np.ndarray  # i64[F], per channel at the native rate (the header's count)
   seekable: np.ndarray  # bool[F]: soundfile reads it, so partial reads work
   lengths: np.ndarray  # i64[F], samples at the model rate
 
@@ -106,11 +115,13 @@ class _Plan:
   seed: int
   counts: np.ndarray  # i64[F]: n_f = floor(L_f / E)
   ends: np.ndarray  # i64[F]: the excerpt numbers of file f are [ends[f] - n_f, ends[f])
+  salient_tries: int  # 0: tiling; else random offsets, this many candidates per excerpt
 
   @classmethod
-  def create(cls, lengths: np.ndarray, excerpt_length: int, seed: int) -> '_Plan':
+  def create(cls, lengths: np.ndarray, excerpt_length: int, seed: int,
+             salient_tries: int = 0) -> '_Plan':
     counts = lengths // excerpt_length
-    return cls(lengths, excerpt_length, seed, counts, np.cumsum(counts))
+    return cls(lengths, excerpt_length, seed, counts, np.cumsum(counts), salient_tries)
 
   @property
   def total(self) -> int:
@@ -121,11 +132,26 @@ class _Plan:
     rng = np.random.default_rng((self.seed, epoch, file, _OFFSET_STREAM))
     return int(rng.integers(0, slack + 1))
 
+  def file(self, excerpt: int) -> int:
+    """Excerpt number in [0, total) -> the file it comes from."""
+    return int(np.searchsorted(self.ends, excerpt, side='right'))
+
   def locate(self, epoch: int, excerpt: int) -> tuple[int, int]:
-    """Excerpt number in [0, total) -> (file, first sample at the model rate)."""
-    file = int(np.searchsorted(self.ends, excerpt, side='right'))
+    """Excerpt number in [0, total) -> (file, first sample at the model rate), when tiling."""
+    file = self.file(excerpt)
     k = excerpt - int(self.ends[file] - self.counts[file])
     return file, self.offset(epoch, file) + k * self.excerpt_length
+
+  def starts(self, epoch: int, excerpt: int) -> tuple[int, list[int]]:
+    """(file, candidate first samples in the order to try them): one when tiling; else
+    salient_tries uniform offsets in [0, L_f - E], drawn from (seed, epoch, excerpt) alone."""
+    if not self.salient_tries:
+      file, start = self.locate(epoch, excerpt)
+      return file, [start]
+    file = self.file(excerpt)
+    rng = np.random.default_rng((self.seed, epoch, excerpt, _SALIENT_STREAM))
+    high = int(self.lengths[file]) - self.excerpt_length + 1
+    return file, rng.integers(0, high, size=self.salient_tries).tolist()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +161,7 @@ class _Levels:
   random_gain_db: float
   phase_inversion: bool
   silence_db: float
+  salient_db: float  # a salient candidate at least this loud is taken (unused when tiling)
 
 
 _RUNTIME_SKIPS: dict[str, str] = {}
@@ -176,13 +203,14 @@ class _BatchLoader:
 
   def __init__(self, files: _Files, plan: _Plan, order: grain.MapDataset, levels: _Levels, *,
                sample_rate: int, steps_per_epoch: int, global_batch: int, process_index: int,
-               cache_bytes: int):
+               cache_bytes: int, open_files: int):
     self.files, self.plan, self.order, self.levels = files, plan, order, levels
     self.sample_rate = sample_rate
     self.steps_per_epoch = steps_per_epoch
     self.global_batch = global_batch
     self.process_index = process_index
-    self.cache = audio_io.DecodeCache(cache_bytes)
+    self.cache = audio_io.DecodeCache(cache_bytes)  # whole files, for those only librosa reads
+    self.open_files = audio_io.OpenFiles(open_files)
 
   def __call__(self, batch: int, excerpts: np.ndarray) -> np.ndarray:
     epoch, step = divmod(int(batch), self.steps_per_epoch)
@@ -203,14 +231,27 @@ class _BatchLoader:
     return np.zeros(self.plan.excerpt_length, np.float32)  # a corpus of silence: nothing better
 
   def read(self, epoch: int, excerpt: int) -> np.ndarray | None:
-    """f32[E] raw samples, or None if the file or these samples are unusable."""
-    file, start = self.plan.locate(epoch, excerpt)
+    """f32[E] raw samples, or None if the file or these samples are unusable.
+
+    Salient excerpts: the first candidate at least salient_db loud, else the last one (as DAC).
+    """
+    file, starts = self.plan.starts(epoch, excerpt)
+    for start in starts:
+      audio = self.read_at(file, start)
+      if audio is None or audio_io.rms_db(audio) >= self.levels.salient_db:
+        break
+    return audio
+
+  def read_at(self, file: int, start: int) -> np.ndarray | None:
+    """f32[E] raw samples of `file` from model-rate sample `start`, or None if unusable."""
     stop = start + self.plan.excerpt_length
     path = self.files.paths[file]
     try:
-      if self.files.seekable[file] and self.files.native_rates[file] == self.sample_rate:
-        # Same rate: read just the excerpt; cheaper than decoding (and caching) the whole file.
-        audio = audio_io.read_frames(path, start, stop)
+      if self.files.seekable[file]:
+        # Only a window around the excerpt is decoded and resampled, whatever the file's length.
+        audio = audio_io.read_resampled(
+            path, start, stop, int(self.files.native_frames[file]),
+            int(self.files.native_rates[file]), self.sample_rate, self.open_files)
       else:
         whole = self.cache.get(path, lambda: audio_io.decode_mono(path, self.sample_rate))
         audio = audio_io.fix_length(whole[start:stop], stop - start)  # in case the file shrank
@@ -433,6 +474,9 @@ def make_datasets(data_config: ml_collections.ConfigDict, *, sample_rate: int,
     raise ValueError(f'global batch {global_batch_size} must split evenly over {process_count} '
                      f'processes (process_index {process_index}).')
   excerpt_length = _seconds_to_samples(data_config.excerpt_seconds, sample_rate)
+  if data_config.salient_excerpts and data_config.salient_tries < 1:
+    raise ValueError(f'data.salient_tries ({data_config.salient_tries}) must be at least 1 with '
+                     'data.salient_excerpts; set data.salient_excerpts=False to tile files instead.')
   if excerpt_length < 1 or data_config.val_excerpt_seconds * sample_rate < 1:
     raise ValueError(f'data.excerpt_seconds ({data_config.excerpt_seconds}) and '
                      f'data.val_excerpt_seconds ({data_config.val_excerpt_seconds}) must each give '
@@ -457,21 +501,24 @@ def make_datasets(data_config: ml_collections.ConfigDict, *, sample_rate: int,
   files = _Files(
       paths=tuple(str(corpus.root / rel) for rel in train_rels),
       native_rates=np.array([e['sample_rate'] for e in entries], np.int64),
+      native_frames=np.array([e['frames'] for e in entries], np.int64),
       seekable=np.array([e['seekable'] for e in entries], bool),
       lengths=np.array([audio_io.model_length(e, sample_rate) for e in entries], np.int64))
-  plan = _Plan.create(files.lengths, excerpt_length, seed % 2**32)
+  plan = _Plan.create(files.lengths, excerpt_length, seed % 2**32,
+                      data_config.salient_tries if data_config.salient_excerpts else 0)
   steps = plan.total // global_batch_size
   if steps == 0:
     raise ValueError(f'data.data_dir: {corpus.root} gives {plan.total} excerpts of '
                      f'{data_config.excerpt_seconds} s, fewer than one global batch '
                      f'({global_batch_size}).')
   levels = _Levels(data_config.loudness_db, data_config.random_gain_db,
-                   data_config.phase_inversion, data_config.silence_db)
+                   data_config.phase_inversion, data_config.silence_db, data_config.salient_db)
   shuffle_seed = int(np.random.SeedSequence((seed % 2**32, _SHUFFLE_STREAM)).generate_state(1)[0])
   order = grain.MapDataset.range(plan.total).shuffle(seed=shuffle_seed)  # reseeded per epoch
   loader = _BatchLoader(files, plan, order, levels, sample_rate=sample_rate, steps_per_epoch=steps,
                         global_batch=global_batch_size, process_index=process_index,
-                        cache_bytes=int(data_config.decode_cache_mb * 2**20))
+                        cache_bytes=int(data_config.decode_cache_mb * 2**20),
+                        open_files=data_config.open_files)
   batches = _build_batches(loader, order, steps_per_epoch=steps,
                            local_batch=global_batch_size // process_count,
                            process_index=process_index, process_count=process_count)

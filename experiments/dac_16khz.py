@@ -9,6 +9,7 @@ from codec import config as base
 def get_config(arg: str = ''):
   c = base.base_config()
   c.experiment_name = 'dac_16khz'
+  c.data.salient_excerpts = True  # DAC's salient_excerpt (-40 dB, 8 tries)
   if arg == 'tiny':
     base.make_tiny(c)
   elif arg:

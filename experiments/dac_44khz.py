@@ -9,6 +9,7 @@ def get_config(arg: str = ''):
   c.model.encoder_rates = (2, 4, 8, 8)
   c.model.decoder_rates = (8, 8, 4, 2)
   c.model.n_codebooks = 9
+  c.data.salient_excerpts = True  # DAC's salient_excerpt (-40 dB, 8 tries)
   if arg == 'tiny':
     base.make_tiny(c)
   elif arg:

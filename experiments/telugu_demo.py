@@ -17,6 +17,8 @@ from experiments import dac_16khz
 def get_config(arg: str = ''):
   c = dac_16khz.get_config(arg)
   c.experiment_name = 'telugu_demo'
+  # The demo corpus is short clips of continuous speech: tiling covers each once per epoch.
+  c.data.salient_excerpts = False
   if arg == 'tiny':
     return c
   c.model.encoder_dim = 24

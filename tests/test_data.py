@@ -4,6 +4,7 @@ Every corpus is written into tmp_path with soundfile; nothing reads data/.
 """
 import json
 import logging
+import math
 import os
 import pathlib
 
@@ -138,8 +139,10 @@ def test_an_epoch_covers_every_file_and_the_next_reshuffles(tmp_path):
   assert [_source_file(r) for r in epochs[0]] != [_source_file(r) for r in epochs[1]]
 
 
-def test_resume_gives_identical_batches_also_across_an_epoch_boundary(tmp_path):
-  c = _config(_noise_corpus(tmp_path), random_gain_db=6.0, phase_inversion=True)
+@pytest.mark.parametrize('salient', [False, True])
+def test_resume_gives_identical_batches_also_across_an_epoch_boundary(tmp_path, salient):
+  c = _config(_noise_corpus(tmp_path), random_gain_db=6.0, phase_inversion=True,
+              salient_excerpts=salient)
   ds = _make(c, seed=7)
   steps = ds.steps_per_epoch
   reference = _take(ds.train_iterator(), steps + 4)
@@ -186,6 +189,60 @@ def test_worker_processes_deliver_the_same_batches(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+# ---- Salient excerpts.
+
+
+LOUD_HZ, QUIET_HZ = 1000.0, 300.0
+
+
+def _burst_corpus(root: pathlib.Path) -> pathlib.Path:
+  """2 files of 4 s at 44.1 kHz: a quiet 300 Hz tone (-53 dB) but for 1000 Hz bursts (-23 dB)
+  over 0.5 s of every 2 s. Which tone dominates an excerpt tells whether it caught a burst."""
+  for i in range(2):
+    quiet = _tone(4.0, QUIET_HZ, rate=44100, amplitude=0.003)
+    loud = _tone(4.0, LOUD_HZ, rate=44100, amplitude=0.1)
+    burst = (np.arange(len(loud)) // 22050) % 4 == i
+    _write(root / f'{i}.wav', np.where(burst, loud, quiet), rate=44100)
+  return root
+
+
+def _loud_fraction(c) -> float:
+  ds = _make(c)
+  it = ds.train_iterator()
+  rows = np.concatenate(_take(it, ds.steps_per_epoch))
+  it.close()
+  return float(np.mean([abs(_dominant(r) - LOUD_HZ) < abs(_dominant(r) - QUIET_HZ) for r in rows]))
+
+
+def test_salient_excerpts_find_the_loud_parts_of_long_recordings(tmp_path):
+  c = _config(_burst_corpus(tmp_path))
+  tiled = _loud_fraction(c)
+  c.salient_excerpts = True
+  salient = _loud_fraction(c)
+  assert tiled < 0.5 < 0.85 < salient, (tiled, salient)
+  c.salient_tries = 1  # one candidate: a random offset, as loud as tiling on average
+  assert _loud_fraction(c) < 0.6
+  c.salient_tries = 0
+  with pytest.raises(ValueError, match='data.salient_tries'):
+    _make(c)
+
+
+def test_salient_candidates_are_fixed_by_seed_epoch_and_excerpt():
+  lengths = np.array([1600, 3000, 16000])
+  plan = data._Plan.create(lengths, 1600, seed=3, salient_tries=8)
+  assert plan.total == 1 + 1 + 10
+  for epoch in range(3):
+    for x in range(plan.total):
+      file, starts = plan.starts(epoch, x)
+      assert file == plan.locate(epoch, x)[0] and len(starts) == 8
+      assert all(0 <= s <= lengths[file] - 1600 for s in starts)
+      assert starts == plan.starts(epoch, x)[1]  # pure
+  assert plan.starts(0, 11) != plan.starts(1, 11) and plan.starts(0, 11) != plan.starts(0, 10)
+  assert plan.starts(0, 0)[1] == [0] * 8  # a file of exactly one excerpt has one place for it
+  tiled = data._Plan.create(lengths, 1600, seed=3)
+  assert tiled.starts(2, 5) == (2, [tiled.locate(2, 5)[1]])
+
+
 # ---- Audio: resampling, loudness, augmentation.
 
 
@@ -207,6 +264,86 @@ def test_pipeline_resamples_44k_stereo_files(tmp_path):
   batch = next(iter(ds.train_iterator()))
   assert batch.shape == (BATCH, EXCERPT)
   assert all(min(abs(_dominant(r) - (500.0 + 300 * i)) for i in range(3)) < 20 for r in batch)
+
+
+def _write_blocks(path: pathlib.Path, audio: np.ndarray, rate: int, **kwargs) -> pathlib.Path:
+  """Writes f32[T, C] in blocks: one large write to OGG crashes libsndfile 1.2."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with sf.SoundFile(path, 'w', rate, audio.shape[1], **kwargs) as f:
+    for i in range(0, len(audio), 8192):
+      f.write(audio[i:i + 8192])
+  return path
+
+
+def _stereo_noise(seconds: float, rate: int, seed: int) -> np.ndarray:
+  """f32[T, 2]: band-limited-ish noise (a running mean of white noise), distinct channels."""
+  noise = np.random.default_rng(seed).standard_normal((int(seconds * rate), 2))
+  smooth = (noise + np.roll(noise, 1, axis=0) + np.roll(noise, 2, axis=0)) / 3
+  return (0.2 * smooth).astype(np.float32)
+
+
+@pytest.mark.parametrize('orig_rate, rate', [(44100, 16000), (48000, 16000), (8000, 16000),
+                                             (22050, 44100), (16001, 16000)])
+def test_window_resampling_equals_resampling_the_whole_file(tmp_path, orig_rate, rate):
+  path = _write(tmp_path / 'long.wav', _stereo_noise(2.0, orig_rate, seed=1), rate=orig_rate,
+                subtype='FLOAT')
+  whole = audio_io.decode_mono(path, rate)
+  frames = sf.info(path).frames
+  files = audio_io.OpenFiles(4)
+  length = 1234
+  starts = [0, 1, 700, len(whole) // 2 + 3, len(whole) - length - 1, len(whole) - length]
+  for start in starts:
+    window = audio_io.read_resampled(path, start, start + length, frames, orig_rate, rate, files)
+    assert window.shape == (length,) and window.dtype == np.float32
+    np.testing.assert_allclose(window, whole[start:start + length], atol=1e-6, rtol=0)
+    first, last, _ = audio_io.resample_window(start, start + length, frames, orig_rate, rate)
+    # A window, not the file: the excerpt, the context and at most one grid step before it.
+    context = audio_io.RESAMPLE_CONTEXT * orig_rate / min(orig_rate, rate)
+    step = orig_rate // math.gcd(orig_rate, rate)
+    assert last - first <= length * orig_rate / rate + 2 * context + step + 2
+
+
+def _format_kwargs():
+  """(extension, rate, soundfile kwargs) of each compressed format this libsndfile writes."""
+  formats = sf.available_formats()
+  out = [('wav', 44100, {}), ('flac', 44100, {})]
+  if 'OGG' in formats:
+    out += [('ogg', 44100, {'format': 'OGG', 'subtype': 'VORBIS'}),
+            ('opus', 48000, {'format': 'OGG', 'subtype': 'OPUS'})]
+  if 'MP3' in formats:
+    out.append(('mp3', 44100, {'format': 'MP3', 'subtype': 'MPEG_LAYER_III'}))
+  return out
+
+
+@pytest.mark.parametrize('ext', ['wav', 'flac', 'ogg', 'opus', 'mp3'])
+def test_every_format_reads_excerpts_equal_to_decoding_it_whole(tmp_path, ext):
+  found = {e: (r, kw) for e, r, kw in _format_kwargs()}
+  if ext not in found:
+    pytest.skip(f'libsndfile {sf.__libsndfile_version__} cannot write {ext}')
+  orig_rate, kwargs = found[ext]
+  path = _write_blocks(tmp_path / f'x.{ext}', _stereo_noise(3.0, orig_rate, seed=2), orig_rate,
+                       **kwargs)
+  info = audio_io.probe(path)
+  assert info.seekable and info.channels == 2 and info.sample_rate == orig_rate
+  whole = audio_io.decode_mono(path, RATE)
+  files = audio_io.OpenFiles(2)
+  for start in (0, 5000, 31000, len(whole) - 3000):  # out of order: seeks back and forth
+    window = audio_io.read_resampled(path, start, start + 3000, info.frames, orig_rate, RATE, files)
+    np.testing.assert_allclose(window, whole[start:start + 3000], atol=1e-6, rtol=0)
+
+
+def test_open_files_reuses_handles_and_bounds_them(tmp_path, monkeypatch):
+  paths = [_write(tmp_path / f'{i}.wav', _noise(0.2, seed=i)) for i in range(3)]
+  opened = []
+  real = sf.SoundFile
+  monkeypatch.setattr(audio_io.sf, 'SoundFile', lambda p: opened.append(p) or real(p))
+  files = audio_io.OpenFiles(2)
+  for path in [paths[0], paths[0], paths[1], paths[0], paths[2], paths[1], paths[0]]:
+    audio_io.read_frames(path, 10, 20, files)
+  # 0 and 1 stay open; 2 evicts 1 (least recently used), which is then opened again, evicting 0.
+  assert opened == [str(p) for p in (paths[0], paths[1], paths[2], paths[1], paths[0])]
+  assert len(files._idle) == 2
+  files.close()
 
 
 def test_normalise_loudness_hits_the_target_and_keeps_peaks_in_range():
@@ -293,6 +430,32 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, caplog):
   for name in ('nan.wav', 'truncated.flac'):
     assert any(path.endswith(name) for path in data.runtime_skips())
     assert sum(name in r.getMessage() for r in caplog.records) == 1
+
+
+def test_long_recordings_in_any_format_with_bad_files_among_them(tmp_path, caplog):
+  """44.1/48 kHz stereo recordings as WAV, OGG, Opus and MP3 next to broken ones: the good ones
+  train (one excerpt read from each window), the broken ones are skipped, named once each."""
+  formats = {e: (r, kw) for e, r, kw in _format_kwargs()}
+  for i, (ext, (rate, kwargs)) in enumerate(formats.items()):
+    _write_blocks(tmp_path / 'sessions' / f'take{i}.{ext}', _stereo_noise(3.0, rate, seed=i), rate,
+                  **kwargs)
+  (tmp_path / 'sessions' / 'junk.ogg').write_bytes(os.urandom(3000))
+  (tmp_path / 'sessions' / 'junk.mp3').write_bytes(os.urandom(3000))
+  if 'mp3' in formats:  # a cut mp3 keeps its header's length: only reads show the damage
+    good = (tmp_path / 'sessions' / f'take{list(formats).index("mp3")}.mp3').read_bytes()
+    (tmp_path / 'sessions' / 'cut.mp3').write_bytes(good[:len(good) // 3])
+  with caplog.at_level(logging.WARNING, logger='codec.data'):
+    ds = _make(_config(tmp_path, salient_excerpts=True))
+  assert '2 corrupt (sessions/junk.mp3, sessions/junk.ogg)' in ds.summary
+  it = ds.train_iterator()
+  with caplog.at_level(logging.WARNING, logger='codec.data'):
+    rows = np.concatenate(_take(it, 2 * ds.steps_per_epoch))
+  it.close()
+  assert np.isfinite(rows).all()
+  np.testing.assert_allclose([audio_io.rms_db(r) for r in rows], -16.0, atol=0.01)
+  if 'mp3' in formats:
+    assert any(p.endswith('cut.mp3') and 'truncated' in r for p, r in data.runtime_skips().items())
+    assert sum('cut.mp3' in r.getMessage() for r in caplog.records) == 1
 
 
 def test_non_finite_validation_file_is_skipped_and_counted(tmp_path):
