@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 100
   c.max_steps = 0  # 0: no limit besides num_epochs
   c.log_every_steps = 50
+  # Validation, TensorBoard, metrics.jsonl, the health verdict and the best checkpoint: every N
+  # steps (counted over the whole run) and after the last step; 0: at each epoch end instead.
+  c.eval_every_steps = 1000  # DAC's validation interval
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.num_audio_examples = 3  # fixed validation clips logged as audio + spectrogram
@@ -144,6 +147,7 @@ def make_tiny(c: ml_collections.ConfigDict) -> None:
   c.batch_size = 4
   c.num_epochs = 1
   c.log_every_steps = 2
+  c.eval_every_steps = 0  # each epoch end
   c.checkpoint_every_steps = 4
   c.num_audio_examples = 1
 

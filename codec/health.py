@@ -253,10 +253,15 @@ def _tail(path, n: int) -> list[str]:
     return list(collections.deque(f, maxlen=n))
 
 
+def report_path(run_dir, record: dict) -> pathlib.Path:
+  """run_dir/health_step_NNNNNNN.txt: one per evaluation (several may fall in one epoch)."""
+  step = _finite(record, 'step')
+  return pathlib.Path(run_dir) / f'health_step_{int(step) if step is not None else 0:07d}.txt'
+
+
 def write_red_flag_report(run_dir, record: dict, flags, log_path) -> pathlib.Path:
-  """Writes run_dir/health_epoch_{NNN}.txt (red_flag_report of record) and returns its path."""
-  epoch = _finite(record, 'epoch')
-  path = pathlib.Path(run_dir) / f'health_epoch_{int(epoch) if epoch is not None else 0:03d}.txt'
+  """Writes report_path(run_dir, record) (red_flag_report of record) and returns its path."""
+  path = report_path(run_dir, record)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(red_flag_report(record, flags, _tail(log_path, REPORT_LOG_LINES)),
                   encoding='utf-8')

@@ -19,7 +19,7 @@ from codec import health
 
 log = logging.getLogger('codec')
 
-# Curves drawn per epoch (metrics.jsonl keys), one panel each.
+# Curves drawn per evaluation (metrics.jsonl keys), one panel each.
 CURVES = (('disc_loss', 'feat_loss', 'adv_loss'), ('mel_loss', 'val_mel_loss'), ('snr_db',),
           ('si_sdr_db',), ('amplitude_ratio',), ('codebook_usage',))
 
@@ -39,8 +39,8 @@ def postfix(step_metrics: dict) -> dict:
   return shown
 
 
-class EpochAccumulator:
-  """Means over an epoch's steps; min and max of the discriminator loss (is it moving?)."""
+class IntervalAccumulator:
+  """Means over the steps since the last evaluation; min and max of the discriminator loss."""
 
   def __init__(self):
     self.steps: list[dict] = []
@@ -89,7 +89,7 @@ class RunLog:
       self.dir.mkdir(parents=True, exist_ok=True)
       if config.overwrite:
         for stale in [self.dir / 'metrics.jsonl', self.dir / 'health.jsonl',
-                      *self.dir.glob('health_epoch_*.txt'),
+                      *self.dir.glob('health_step_*.txt'),
                       *self.dir.glob('events.out.tfevents.*')]:
           stale.unlink(missing_ok=True)
       (self.dir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
@@ -147,9 +147,10 @@ class RunLog:
     # The HParams dashboard needs a metric at start; it is updated by the val/ scalars.
     self.writer.add_hparams(flat, {'val/mel_distance': 0.0}, name='hparams')
 
-  def log_epoch(self, record: dict, val_audio: np.ndarray, recon: np.ndarray,
-                sample_rate: int, num_examples: int = 3) -> None:
-    self.info(format_epoch_table(record))
+  def log_evaluation(self, record: dict, val_audio: np.ndarray, recon: np.ndarray,
+                     sample_rate: int, num_examples: int = 3, first: bool = False) -> None:
+    """Prints the table; writes metrics.jsonl, TensorBoard scalars, audio (inputs when `first`)."""
+    self.info(format_evaluation_table(record))
     if not self.is_writer:
       return
     with open(self.dir / 'metrics.jsonl', 'a') as f:
@@ -157,10 +158,8 @@ class RunLog:
     step = record['step']
     self._scalars('val', {k.removeprefix('val_'): v for k, v in record.items()
                           if k.startswith('val_')}, step)
-    self._scalars('epoch', {k: record[k] for k in ('snr_db', 'si_sdr_db', 'amplitude_ratio',
-                                                   'mel_distance')}, step)
     for i in range(min(num_examples, len(val_audio))):
-      if record['epoch'] == 1:
+      if first:
         self.writer.add_audio(f'audio/{i}/input', val_audio[i], step, sample_rate=sample_rate)
         self.writer.add_figure(f'spectrogram/{i}/input', spectrogram_figure(val_audio[i]), step)
       self.writer.add_audio(f'audio/{i}/reconstruction', np.clip(recon[i], -1, 1), step,
@@ -171,12 +170,14 @@ class RunLog:
     write_curves(self.dir / 'metrics.jsonl', self.dir / 'curves.png')
 
   def rewrite_history(self, history: list[dict]) -> None:
-    """After a resume: metrics.jsonl holds exactly the epochs of the restored checkpoint."""
+    """After a resume: metrics.jsonl holds exactly the evaluations of the restored checkpoint."""
     if self.is_writer:
       (self.dir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in history))
 
-  def report_health(self, record: dict, flags) -> None:
-    self.info(f'Health at epoch {record["epoch"]}:\n{health.format_flags(flags)}')
+  def report_health(self, record: dict, flags) -> pathlib.Path:
+    """Prints and records the verdict; on a red flag writes the report. Returns the report's path."""
+    self.info(f'Health at step {record["step"]} (epoch {record["epoch"]}):\n'
+              f'{health.format_flags(flags)}')
     if self.is_writer:
       with open(self.dir / 'health.jsonl', 'a') as f:
         f.write(json.dumps({'epoch': record['epoch'], 'step': record['step'],
@@ -191,6 +192,7 @@ class RunLog:
         handler.flush()
       path = health.write_red_flag_report(self.dir, record, flags, self.log_path)
       log.warning(f'Red flags: report written to {path}')
+    return health.report_path(self.dir, record)
 
   def nonfinite_report(self, step: int, fetched: list[dict]) -> str:
     bad = next(m for m in fetched if m['nonfinite'])
@@ -214,7 +216,7 @@ def _start_wandb(config, run_dir):
                     config=config.to_dict(), resume='allow')
 
 
-def format_epoch_table(record: dict) -> str:
+def format_evaluation_table(record: dict) -> str:
   rows = [('', 'train', 'validation')]
   for key in ('disc_loss', 'adv_loss', 'feat_loss', 'mel_loss', 'commitment_loss',
               'codebook_loss'):
@@ -224,7 +226,7 @@ def format_epoch_table(record: dict) -> str:
   for key in ('si_sdr_db', 'mel_distance'):
     rows.append((key, '', _fmt(record.get(key))))
   rows.append(('codebook_usage', _fmt(record.get('codebook_usage')), ''))
-  lines = [f'Epoch {record["epoch"]} (step {record["step"]})']
+  lines = [f'Step {record["step"]} (epoch {record["epoch"]})']
   lines += [f'  {a:<16} {b:>10} {c:>11}' for a, b, c in rows]
   return '\n'.join(lines)
 
@@ -248,17 +250,17 @@ def spectrogram_figure(audio: np.ndarray):
 
 
 def write_curves(jsonl_path: pathlib.Path, png_path: pathlib.Path) -> None:
-  """Training curves per epoch (losses, SNR, SI-SDR, amplitude ratio, codebook usage) as PNG."""
+  """Curves over the evaluations (losses, SNR, SI-SDR, amplitude, codebook usage) against the step."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   records = [json.loads(line) for line in jsonl_path.read_text().splitlines() if line.strip()]
-  epochs = [r['epoch'] for r in records]
+  steps = [r['step'] for r in records]
   fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
   for ax, keys in zip(axes.flat, CURVES):
     for key in keys:
-      ax.plot(epochs, [r.get(key, np.nan) for r in records], marker='o', label=key)
-    ax.set_xlabel('epoch')
+      ax.plot(steps, [r.get(key, np.nan) for r in records], marker='o', label=key)
+    ax.set_xlabel('step')
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   fig.tight_layout()

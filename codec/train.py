@@ -65,6 +65,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for name in ('batch_size', 'num_epochs', 'log_every_steps', 'checkpoint_every_steps'):
     if config[name] < 1:
       raise ValueError(f'--{name} must be a positive integer, got {config[name]}')
+  if config.eval_every_steps < 0:
+    raise ValueError(f'--config.eval_every_steps must be 0 (at each epoch end) or a positive '
+                     f'number of steps, got {config.eval_every_steps}')
   if config.optim.learning_rate <= 0:
     raise ValueError(f'--learning_rate must be positive, got {config.optim.learning_rate}')
   if len(config.loss.mel_windows) != len(config.loss.mel_bins):
@@ -262,8 +265,82 @@ class TrainingStopped(RuntimeError):
   """Raised when a non-finite step or a red health flag (with stop_on_red_flag) ends the run."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the loop logs, checkpoints and evaluates; steps count from 1 over the whole run.
+
+  Epochs are the unit of the data order only. Evaluation (validation, TensorBoard, metrics.jsonl,
+  the health verdict and the best checkpoint) runs every `eval_every` steps, counted from the start
+  of the run so a resumed run keeps the same points, and after the last step.
+  """
+  steps_per_epoch: int
+  total_steps: int
+  eval_every: int
+  log_every: int
+  checkpoint_every: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> 'Schedule':
+    total = steps_per_epoch * config.num_epochs
+    if config.max_steps:
+      total = min(total, config.max_steps)
+    # eval_every_steps 0: at each epoch end (and after the last step).
+    return cls(steps_per_epoch=steps_per_epoch, total_steps=total,
+               eval_every=config.eval_every_steps or steps_per_epoch,
+               log_every=config.log_every_steps, checkpoint_every=config.checkpoint_every_steps)
+
+  def epoch_of(self, step: int) -> int:
+    """The 1-based epoch whose data step `step` (>= 1) trains on."""
+    return (step - 1) // self.steps_per_epoch + 1
+
+  def fractional_epoch(self, step: int) -> float:
+    """Epochs done after `step` steps: an int at epoch ends, e.g. 1.5 half-way through epoch 2."""
+    whole, rest = divmod(step, self.steps_per_epoch)
+    return whole if rest == 0 else round(step / self.steps_per_epoch, 4)
+
+  def on_schedule(self, step: int) -> bool:
+    """A regular evaluation point (not the extra one after a run stopped by max_steps)."""
+    return step % self.eval_every == 0
+
+  def evaluates(self, step: int) -> bool:
+    return self.on_schedule(step) or step == self.total_steps
+
+  def logs(self, step: int) -> bool:
+    return step % self.log_every == 0 or self.evaluates(step)
+
+  def checkpoints(self, step: int) -> bool:
+    # An evaluation saves its own checkpoint.
+    return step % self.checkpoint_every == 0 and not self.evaluates(step)
+
+
+def _restore(ckpt, state, train_iter, run):
+  """(state, history) from the run directory's latest checkpoint, or the given state and []."""
+  restored = ckpt.restore_latest(state)
+  if restored is None:
+    return state, []
+  state, data_state, history = restored
+  # A run stopped by max_steps evaluates its last step off the schedule; resuming drops that record
+  # (the next regular evaluation covers its steps).
+  history = [r for r in history if not r['partial']]
+  train_iter.set_state(data_state)
+  run.rewrite_history(history)
+  run.info(f'Resumed from step {int(state.step)} in {run.dir}')
+  return state, history
+
+
+def _flush(run, pending: list, step: int, interval: logs.IntervalAccumulator, progress) -> None:
+  """Fetches the steps run since the last flush (the only host sync between evaluations)."""
+  fetched = jax.device_get(pending)
+  pending.clear()
+  if any(m['nonfinite'] for m in fetched):
+    raise TrainingStopped(run.nonfinite_report(step, fetched))
+  interval.add(fetched)
+  run.log_train(step, fetched)
+  progress.set_postfix(logs.postfix(fetched[-1]))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Trains for config.num_epochs (resuming from workdir's checkpoints); returns epoch records."""
+  """Trains for config.num_epochs (resuming from workdir's checkpoints); returns the evaluations."""
   check_config(config)
   run = logs.RunLog(workdir, config)
   mesh = parallel.make_mesh()
@@ -275,75 +352,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   models = make_models(config)
   excerpt = int(round(config.data.excerpt_seconds * config.model.sample_rate))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+  replicated = parallel.replicated(mesh)
   state = jax.jit(functools.partial(create_train_state, models, excerpt_samples=excerpt),
-                  out_shardings=parallel.replicated(mesh))(init_rng)
+                  out_shardings=replicated)(init_rng)
   run.info(f'generator parameters: {logs.count_params(state.gen_params):,}; '
            f'discriminator parameters: {logs.count_params(state.disc_params):,}; '
            f'devices: {jax.device_count()} ({jax.default_backend()}), hosts: {jax.process_count()}')
 
   ckpt = checkpoint.Checkpointer(workdir, config)
   train_iter = datasets.train_iterator()
-  history = []
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, data_state, history = restored
-    # A run stopped by max_steps records its last, partial epoch; resuming redoes that epoch.
-    history = [r for r in history if not r['partial']]
-    train_iter.set_state(data_state)
-    run.rewrite_history(history)
-    run.info(f'Resumed from step {int(state.step)} in {workdir}')
-
-  replicated = parallel.replicated(mesh)
+  state, history = _restore(ckpt, state, train_iter, run)
   step_fn = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                     out_shardings=(replicated, replicated))
   # Replicated outputs: every host can read the validation results (multi-host included).
   eval_fn = jax.jit(functools.partial(eval_step, models), out_shardings=replicated)
-  steps_per_epoch = datasets.steps_per_epoch
-  total_steps = steps_per_epoch * config.num_epochs
-  if config.max_steps:
-    total_steps = min(total_steps, config.max_steps)
+  schedule = Schedule.from_config(config, datasets.steps_per_epoch)
   run.log_hparams(config)
   interrupt = _Interrupt()
   step = int(state.step)
-  epoch_metrics = logs.EpochAccumulator()
+  interval = logs.IntervalAccumulator()
   pending = []
   try:
-    while step < total_steps:
-      epoch = step // steps_per_epoch + 1
-      progress = run.progress(epoch, steps_per_epoch, initial=step % steps_per_epoch,
+    while step < schedule.total_steps:
+      epoch = schedule.epoch_of(step + 1)
+      progress = run.progress(epoch, schedule.steps_per_epoch,
+                              initial=step - (epoch - 1) * schedule.steps_per_epoch,
                               audio_per_step=config.batch_size * config.data.excerpt_seconds)
-      while step < total_steps and step // steps_per_epoch + 1 == epoch:
+      while step < schedule.total_steps and schedule.epoch_of(step + 1) == epoch:
         batch = parallel.shard_batch(next(train_iter), mesh)
         state, step_metrics = step_fn(state, batch, step_rng)
         pending.append(step_metrics)
         step += 1
         progress.update(1)
-        end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-        if step % config.log_every_steps == 0 or end_of_epoch or interrupt.requested:
-          fetched = jax.device_get(pending)  # the only host sync inside an epoch
-          pending = []
-          if any(m['nonfinite'] for m in fetched):
-            raise TrainingStopped(run.nonfinite_report(step, fetched))
-          epoch_metrics.add(fetched)
-          run.log_train(step, fetched)
-          progress.set_postfix(logs.postfix(fetched[-1]))
-        if step % config.checkpoint_every_steps == 0 and not end_of_epoch:
+        if schedule.logs(step) or interrupt.requested:
+          _flush(run, pending, step, interval, progress)
+        if schedule.checkpoints(step):
           ckpt.save(step, state, train_iter.get_state(), history)
         if interrupt.requested:
           ckpt.save(step, state, train_iter.get_state(), history, wait=True)
           run.info(f'Saved step {step}; run the same command again to resume.')
           return history
-        if end_of_epoch:
-          progress.close()
-          record = _end_epoch(run, ckpt, eval_fn, state, datasets, config, mesh, epoch, step,
-                              epoch_metrics.summary(), history, train_iter)
-          epoch_metrics = logs.EpochAccumulator()
+        if schedule.evaluates(step):
+          progress.clear()
+          record = _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step,
+                             interval.summary(), history, train_iter)
+          interval = logs.IntervalAccumulator()
           history.append(record)
-          flags = health.assess(history, config.health, config.loss.gan)
-          run.report_health(record, flags)
-          if config.health.stop_on_red_flag and any(f.color == 'red' for f in flags):
-            raise TrainingStopped(f'red flag at epoch {epoch} (--stop_on_red_flag); '
-                                  f'see {run.dir}/health_epoch_{epoch:03d}.txt')
+          _judge(run, history, config)
+          progress.refresh()
+      progress.close()
   finally:
     interrupt.restore()
     ckpt.close()
@@ -351,23 +408,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   return history
 
 
-def _end_epoch(run, ckpt, eval_fn, state, datasets, config, mesh, epoch, step, train_summary,
-               history, train_iter) -> dict:
-  """Validation, logs and checkpoints at the end of an epoch; returns the epoch's record."""
+def _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step, train_summary,
+              history, train_iter) -> dict:
+  """Validation, logs and checkpoints after `step`; returns the evaluation's record."""
   start = time.time()
   val, recon = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
-  # Training-batch SNR and amplitude (quantizer dropout included) keep a train_ prefix: the
-  # unprefixed names are the validation figures the health monitor reads.
-  train_summary = {('train_' + k if k in ('snr_db', 'amplitude_ratio') else k): v
-                   for k, v in train_summary.items()}
-  record = {'epoch': epoch, 'step': step, 'partial': step % datasets.steps_per_epoch != 0,
-            **train_summary,
-            **{f'val_{k}': v for k, v in val.items()},
-            'snr_db': val['snr_db'], 'si_sdr_db': val['si_sdr_db'],
-            'amplitude_ratio': val['amplitude_ratio'], 'mel_distance': val['mel_distance'],
-            'val_seconds': time.time() - start}
-  run.log_epoch(record, datasets.val_audio, recon, config.model.sample_rate,
-                config.num_audio_examples)
+  record = make_record(step, schedule, train_summary, val)
+  record['val_seconds'] = time.time() - start
+  run.log_evaluation(record, datasets.val_audio, recon, config.model.sample_rate,
+                     config.num_audio_examples, first=not history)
   ckpt.save(step, state, train_iter.get_state(), history + [record])
   ckpt.save_best(step, state, train_iter.get_state(), history + [record], val['mel_distance'])
   return record
+
+
+def make_record(step: int, schedule: Schedule, train_summary: dict, val: dict) -> dict:
+  """One metrics.jsonl line: where (step, fractional epoch), training-interval means, validation.
+
+  Training-batch SNR and amplitude (quantizer dropout included) keep a train_ prefix: the
+  unprefixed names are the validation figures the health monitor reads.
+  """
+  train_summary = {('train_' + k if k in ('snr_db', 'amplitude_ratio') else k): v
+                   for k, v in train_summary.items()}
+  return {'step': step, 'epoch': schedule.fractional_epoch(step),
+          'partial': not schedule.on_schedule(step),
+          **train_summary,
+          **{f'val_{k}': v for k, v in val.items()},
+          'snr_db': val['snr_db'], 'si_sdr_db': val['si_sdr_db'],
+          'amplitude_ratio': val['amplitude_ratio'], 'mel_distance': val['mel_distance']}
+
+
+def _judge(run, history: list[dict], config: ml_collections.ConfigDict) -> None:
+  """The health verdict on the latest evaluation; stops the run on red with stop_on_red_flag."""
+  record = history[-1]
+  flags = health.assess(history, config.health, config.loss.gan)
+  report = run.report_health(record, flags)
+  if config.health.stop_on_red_flag and health.red_flags(flags):
+    raise TrainingStopped(f'red flag at step {record["step"]} (epoch {record["epoch"]}, '
+                          f'--stop_on_red_flag); see {report}')

@@ -32,5 +32,6 @@ def get_config(arg: str = ''):
   c.batch_size = 4
   c.num_epochs = 3
   c.log_every_steps = 50
+  c.eval_every_steps = 0  # a verdict at each epoch end (830 steps on the shipped corpus)
   c.checkpoint_every_steps = 200
   return c

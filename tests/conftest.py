@@ -66,13 +66,15 @@ README_FLAGS = {'learning_rate': 1e-4, 'adv_weight': 1.0, 'feat_weight': 10.0,
 
 @pytest.fixture(scope='session')
 def two_epoch_run(tiny_corpus, tmp_path_factory):
-  """A full loop over 2 epochs of the tiny corpus, with compilations counted."""
+  """A full loop over 2 epochs of the tiny corpus (12 steps each, evaluated every 6 steps), with
+  compilations counted."""
   import jax  # pylint: disable=g-import-not-at-top
   from codec import launch  # pylint: disable=g-import-not-at-top
   from codec import train  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp('run')
   config = launch.apply_user_flags(
-      tiny_config(tiny_corpus, num_epochs=2, checkpoint_every_steps=3, keep_checkpoints=10),
+      tiny_config(tiny_corpus, num_epochs=2, checkpoint_every_steps=3, keep_checkpoints=10,
+                  eval_every_steps=6),
       README_FLAGS)  # every checkpoint kept: other runs compare with its early steps
   records = []
 

@@ -52,7 +52,7 @@ def test_readme_command_line_trains_and_writes_a_run(tiny_corpus, tmp_path):
   assert [h['epoch'] for h in health] == [1, 2]
   assert all({'color', 'check', 'message'} <= set(f) for h in health for f in h['flags'])
   assert any(p.name.isdigit() for p in (run / 'checkpoints').iterdir())
-  assert 'Health at epoch 2' in result.stdout
+  assert 'Health at step 24 (epoch 2)' in result.stdout
 
 
 @pytest.mark.parametrize('args, message', [

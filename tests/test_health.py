@@ -162,7 +162,7 @@ def test_write_red_flag_report(cfg, tmp_path):
   record = _stuck_hinge()[-1]
   flags = health.assess(_stuck_hinge(), cfg, 'hinge')
   path = health.write_red_flag_report(tmp_path, record, flags, log)
-  assert path == tmp_path / 'health_epoch_006.txt'
+  assert path == tmp_path / 'health_step_0000600.txt'
   text = path.read_text()
   assert text.startswith('Epoch: 6\n') and '  step 49' in text and '  step 29\n' not in text
   assert text.count('\n  step ') == 20

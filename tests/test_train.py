@@ -106,18 +106,38 @@ def test_batch_size_must_divide_over_devices():
     train.check_config(tiny_config(batch_size=6))
 
 
+def test_negative_eval_interval_is_refused():
+  with pytest.raises(ValueError, match='--config.eval_every_steps'):
+    train.check_config(tiny_config(eval_every_steps=-1))
+
+
+def test_schedule_evaluates_every_n_steps_and_at_the_end():
+  config = tiny_config(num_epochs=3, eval_every_steps=4, max_steps=30)
+  schedule = train.Schedule.from_config(config, steps_per_epoch=10)
+  assert [s for s in range(1, 31) if schedule.evaluates(s)] == [4, 8, 12, 16, 20, 24, 28, 30]
+  assert not schedule.on_schedule(30)
+  assert [schedule.fractional_epoch(s) for s in (4, 10, 25)] == [0.4, 1, 2.5]
+  assert [schedule.epoch_of(s) for s in (1, 10, 11)] == [1, 1, 2]
+  # 0: at each epoch end.
+  by_epoch = train.Schedule.from_config(tiny_config(num_epochs=3), steps_per_epoch=10)
+  assert [s for s in range(1, 31) if by_epoch.evaluates(s)] == [10, 20, 30]
+
+
 def test_loop_writes_metrics_checkpoints_and_curves(two_epoch_run):
   _, workdir, history, _ = two_epoch_run
-  assert [r['epoch'] for r in history] == [1, 2]
+  # 12 steps per epoch, evaluated every 6: two verdicts per epoch, fractional mid-epoch.
+  assert [(r['step'], r['epoch']) for r in history] == [(6, 0.5), (12, 1), (18, 1.5), (24, 2)]
   lines = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  assert [l['epoch'] for l in lines] == [1, 2]
+  assert [(l['step'], l['epoch']) for l in lines] == [(6, 0.5), (12, 1), (18, 1.5), (24, 2)]
+  verdicts = [json.loads(l) for l in (workdir / 'health.jsonl').read_text().splitlines()]
+  assert [(v['step'], v['epoch']) for v in verdicts] == [(6, 0.5), (12, 1), (18, 1.5), (24, 2)]
+  assert all(l['train_steps'] == 6 for l in lines)  # each record covers its own interval
   for key in ('step', 'disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db', 'si_sdr_db',
               'amplitude_ratio', 'mel_distance', 'codebook_usage'):
     assert all(np.isfinite(l[key]) for l in lines), key
   assert (workdir / 'curves.png').stat().st_size > 0
   assert (workdir / 'config.json').exists()
   assert list(workdir.glob('events.out.tfevents.*'))
-  assert (workdir / 'health.jsonl').exists()
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps[-1] == history[-1]['step']
   assert any(p.name.isdigit() for p in (workdir / 'best').iterdir())
@@ -134,13 +154,15 @@ def test_no_recompilation_across_steps_epochs_and_validation(two_epoch_run):
 def test_resume_continues_to_the_same_parameters(tiny_corpus, tmp_path, two_epoch_run):
   """Stopping after epoch 1 and restarting gives exactly the uninterrupted run's parameters."""
   config, full_dir, history, _ = two_epoch_run
-  steps_per_epoch = history[0]['step']
+  steps_per_epoch = next(r['step'] for r in history if r['epoch'] == 1)
   workdir = tmp_path / 'resumed'
   first = config.copy_and_resolve_references()
   first.max_steps = steps_per_epoch + 1
-  train.train_and_evaluate(first, str(workdir))
+  stopped = train.train_and_evaluate(first, str(workdir))
+  assert [r['step'] for r in stopped] == [6, 12, 13] and stopped[-1]['partial']
   resumed = train.train_and_evaluate(config, str(workdir))
-  assert [r['epoch'] for r in resumed] == [1, 2]
+  # The off-schedule evaluation at step 13 is dropped; the schedule continues from step 12.
+  assert [r['step'] for r in resumed] == [r['step'] for r in history]
   full, _, _ = checkpoint.restore_params(full_dir, step=history[-1]['step'], best=False)
   again, _, _ = checkpoint.restore_params(workdir, step=history[-1]['step'], best=False)
   assert _max_diff(full, again) == 0.0
