@@ -2,7 +2,9 @@
 
 Experiment files in `experiments/` start from `base_config()` and change values only, so a
 mistyped override (`--config.modle.encoder_dim=8`) fails instead of being silently ignored.
-Defaults follow the PyTorch DAC reference (16 kHz model, `../shared/REFERENCE.md`).
+Defaults follow the PyTorch DAC reference (16 kHz model, `../shared/REFERENCE.md`). Every field
+has a validation rule in `codec/config_rules.py` (its allowed range, checked before anything is
+built); a new field needs one there too, or the suite fails.
 """
 import ml_collections
 

@@ -6,6 +6,7 @@ from absl import flags
 from absl import logging as absl_logging
 import ml_collections
 
+from codec import config_rules
 from codec import hugepages
 
 # flag -> (config field path, type, help)
@@ -62,6 +63,10 @@ def run_dir(config: ml_collections.ConfigDict) -> str:
 
 def run(config: ml_collections.ConfigDict, flag_values) -> None:
   config = apply_user_flags(config, {name: flag_values[name].value for name in USER_FLAGS})
+  try:
+    config_rules.check(config)  # before jax is imported: a bad value fails in a second
+  except config_rules.ConfigError as e:
+    raise SystemExit(f'error: {e}') from None
   check_wandb(config)
   if config.malloc_hugepages:
     hugepages.reexec_if_needed()  # before jax is imported; returns once the tunable is set
@@ -69,7 +74,10 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
   from codec import parallel  # pylint: disable=g-import-not-at-top  (after flags: fast errors)
   from codec import train  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed(config.distributed)
-  train.check_config(config)
+  try:
+    train.check_config(config)  # what needs the devices: the batch must split over them
+  except ValueError as e:
+    raise SystemExit(f'error: {e}') from None
   workdir = run_dir(config)
   print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
   print(hugepages.describe(), flush=True)

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from codec import checkpoint
+from codec import config_rules
 from codec import data
 from codec import discriminators
 from codec import generator
@@ -58,24 +59,7 @@ class Models:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails with the offending flag before anything is built or compiled."""
-  if config.optim.compute_dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"--config.optim.compute_dtype must be 'float32' or 'bfloat16', "
-                     f'got {config.optim.compute_dtype!r}')
-  losses.no_learning_value(config.loss.gan)  # validates the GAN loss name
-  for name in ('batch_size', 'num_epochs', 'log_every_steps', 'checkpoint_every_steps'):
-    if config[name] < 1:
-      raise ValueError(f'--{name} must be a positive integer, got {config[name]}')
-  if config.eval_every_steps < 0:
-    raise ValueError(f'--config.eval_every_steps must be 0 (at each epoch end) or a positive '
-                     f'number of steps, got {config.eval_every_steps}')
-  if config.optim.learning_rate <= 0:
-    raise ValueError(f'--learning_rate must be positive, got {config.optim.learning_rate}')
-  if len(config.loss.mel_windows) != len(config.loss.mel_bins):
-    raise ValueError('--config.loss.mel_windows and --config.loss.mel_bins must have equal lengths')
-  excerpt = int(config.data.excerpt_seconds * config.model.sample_rate)
-  if excerpt <= max(config.loss.mel_windows) // 2:
-    raise ValueError(f'--config.data.excerpt_seconds={config.data.excerpt_seconds} gives {excerpt} '
-                     f'samples, too short for the largest mel window {max(config.loss.mel_windows)}')
+  config_rules.check(config)  # every field's range and the relations between fields
   parallel.check_batch_size(config.batch_size)
 
 

@@ -62,6 +62,9 @@ def test_readme_command_line_trains_and_writes_a_run(tiny_corpus, tmp_path):
     (['--config.model.encoder_dim=wide'], 'encoder_dim'),
     (['--batch_size=6'], '--batch_size 6 must be divisible'),
     (['--data_dir=/no/such/folder'], '/no/such/folder'),
+    (['--adv_weight=nan', '--config.model.n_codebooks=0'],
+     '--adv_weight must be a finite number >= 0, got nan\n'
+     '  --config.model.n_codebooks must be an integer >= 1, got 0'),
 ])
 def test_bad_flags_fail_before_training(args, message, tmp_path):
   result = launch('--config', 'experiments/dac_16khz.py:tiny', '--checkpoint_dir', tmp_path,
@@ -69,6 +72,8 @@ def test_bad_flags_fail_before_training(args, message, tmp_path):
   assert result.returncode != 0
   assert message in result.stdout + result.stderr
   assert not (tmp_path / 'checkpoints').exists()
+  if 'must be' in message:  # a value out of range: one message, no traceback
+    assert 'Traceback' not in result.stdout + result.stderr
 
 
 def test_use_wandb_without_wandb_says_how_to_install(tmp_path):
