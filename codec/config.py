@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.codebook_size = 1024
   c.model.codebook_dim = 8
   c.model.quantizer_dropout = 0.5
+  # How convs and Snake are computed (codec/compute.py): 'auto' takes the CPU kernels
+  # (codec/cpu_kernels.py) on CPU in float32 and XLA's own ops on GPU/TPU and in bfloat16;
+  # 'xla' or 'cpu' force one. Same maths either way: checkpoints and code files do not depend on it.
+  c.model.kernels = 'auto'
 
   # ---- Discriminators: 5 multi-period + 3 multi-band complex-STFT = 8.
   c.discriminator = ml_collections.ConfigDict()
@@ -102,9 +106,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_dir = ''  # empty: runs/<experiment_name>
   c.overwrite = False
   c.use_wandb = False
-  # glibc only: the launcher re-executes itself with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which
-  # removes ~99% of XLA CPU's per-step page faults (codec/hugepages.py, docs/performance.md).
+  # CPU backend on glibc only: the launcher re-executes itself with GLIBC_TUNABLES=
+  # glibc.malloc.hugetlb=1, which removes ~99% of XLA CPU's per-step page faults
+  # (codec/hugepages.py, docs/performance.md); off on GPU and TPU (codec/compute.py).
   c.malloc_hugepages = True
+  # GPU: XLA's deterministic ops (--xla_gpu_deterministic_ops=true in XLA_FLAGS, set by the
+  # launcher): the codebook gradient's scatter-adds and other reductions give the same bits on
+  # every run, at some speed. CPU and TPU runs are deterministic either way.
+  c.deterministic = False
 
   # ---- Multi-host (jax.distributed); empty/-1 values are read from the environment.
   c.distributed = ml_collections.ConfigDict()

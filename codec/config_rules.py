@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from codec import compute  # imports no jax
+
 
 class ConfigError(ValueError):
   """One or more config values are out of their allowed range."""
@@ -109,6 +111,7 @@ RULES = {
     'model.codebook_size': integer(2),
     'model.codebook_dim': integer(1),
     'model.quantizer_dropout': number(0, 1),
+    'model.kernels': choice(*compute.KERNELS),
     # Discriminators (either family may be empty, not both: RELATIONS).
     'discriminator.periods': integers(1, min_len=0),
     'discriminator.period_channels': integers(1),
@@ -169,6 +172,7 @@ RULES = {
     'overwrite': boolean(),
     'use_wandb': boolean(),
     'malloc_hugepages': boolean(),
+    'deterministic': boolean(),
     # Multi-host (0 / -1 / '': read from the environment).
     'distributed.coordinator_address': host_port(),
     'distributed.num_processes': integer(0),

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from codec import compute
 from codec import layers
 from codec import spectral
 
@@ -29,6 +30,7 @@ class PeriodDiscriminator(nn.Module):
   period: int
   channels: Sequence[int]  # all but the last conv stride 3 along time
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @nn.compact
   def __call__(self, audio: jax.Array):
@@ -41,10 +43,11 @@ class PeriodDiscriminator(nn.Module):
     for i, ch in enumerate(self.channels):
       stride = 1 if i == len(self.channels) - 1 else 3
       x = layers.WNConv(ch, (5, 1), strides=(stride, 1), padding=((2, 2), (0, 0)),
-                        dtype=self.dtype)(x)
+                        dtype=self.dtype, kernels=self.kernels)(x)
       x = _leaky_relu(x)
       features.append(unfold(x))
-    logits = layers.WNConv(1, (3, 1), padding=((1, 1), (0, 0)), dtype=self.dtype)(x)
+    logits = layers.WNConv(1, (3, 1), padding=((1, 1), (0, 0)), dtype=self.dtype,
+                           kernels=self.kernels)(x)
     return unfold(logits).astype(jnp.float32), features
 
 
@@ -57,6 +60,7 @@ class BandDiscriminator(nn.Module):
   bands: Sequence[tuple[float, float]]
   channels: int
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @nn.compact
   def __call__(self, audio: jax.Array):
@@ -71,13 +75,14 @@ class BandDiscriminator(nn.Module):
           ((3, 3), (1, 1), ((1, 1), (1, 1)))]
       for i, (kernel, strides, padding) in enumerate(stack):
         band = layers.WNConv(self.channels, kernel, strides=strides, padding=padding,
-                             dtype=self.dtype)(band)
+                             dtype=self.dtype, kernels=self.kernels)(band)
         band = _leaky_relu(band)
         if i > 0:  # DAC leaves the first layer out of feature matching
           features.append(band)
       outputs.append(band)
     x = jnp.concatenate(outputs, axis=2)
-    logits = layers.WNConv(1, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    logits = layers.WNConv(1, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                           kernels=self.kernels)(x)
     return logits.astype(jnp.float32), features
 
 
@@ -89,12 +94,17 @@ class Discriminators(nn.Module):
   bands: Sequence[tuple[float, float]]
   band_channels: int
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @classmethod
-  def from_config(cls, disc: ml_collections.ConfigDict, dtype=jnp.float32) -> 'Discriminators':
+  def from_config(cls, disc: ml_collections.ConfigDict, dtype=jnp.float32,
+                  kernels: compute.Kernels | None = None) -> 'Discriminators':
+    """kernels: how to compute (default: what 'auto' picks on jax's default backend)."""
+    if kernels is None:
+      kernels = compute.choose('auto', jax.default_backend(), jnp.dtype(dtype).name)
     return cls(periods=tuple(disc.periods), period_channels=tuple(disc.period_channels),
                fft_sizes=tuple(disc.fft_sizes), bands=tuple(tuple(b) for b in disc.bands),
-               band_channels=disc.band_channels, dtype=dtype)
+               band_channels=disc.band_channels, dtype=dtype, kernels=kernels)
 
   @property
   def count(self) -> int:
@@ -105,8 +115,8 @@ class Discriminators(nn.Module):
     # Remove DC and peak-normalise to 0.8, so the discriminators judge shape, not level.
     audio = audio - jnp.mean(audio, axis=-1, keepdims=True)
     audio = 0.8 * audio / (jnp.max(jnp.abs(audio), axis=-1, keepdims=True) + 1e-9)
-    results = [PeriodDiscriminator(p, self.period_channels, dtype=self.dtype)(audio)
-               for p in self.periods]
-    results += [BandDiscriminator(n, self.bands, self.band_channels, dtype=self.dtype)(audio)
-                for n in self.fft_sizes]
+    results = [PeriodDiscriminator(p, self.period_channels, dtype=self.dtype,
+                                   kernels=self.kernels)(audio) for p in self.periods]
+    results += [BandDiscriminator(n, self.bands, self.band_channels, dtype=self.dtype,
+                                  kernels=self.kernels)(audio) for n in self.fft_sizes]
     return results

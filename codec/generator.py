@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from codec import compute
 from codec import layers
 from codec import quantizer as rvq
 
@@ -20,21 +21,22 @@ class ResidualUnit(nn.Module):
   dim: int
   dilation: int
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     pad = 3 * self.dilation
-    y = layers.Snake()(x)
+    y = layers.Snake(self.kernels)(x)
     y = layers.WNConv(self.dim, (7,), dilation=(self.dilation,), padding=((pad, pad),),
-                      dtype=self.dtype)(y)
-    y = layers.Snake()(y)
-    y = layers.WNConv(self.dim, (1,), dtype=self.dtype)(y)
+                      dtype=self.dtype, kernels=self.kernels)(y)
+    y = layers.Snake(self.kernels)(y)
+    y = layers.WNConv(self.dim, (1,), dtype=self.dtype, kernels=self.kernels)(y)
     return x + y
 
 
-def _residual_stack(x: jax.Array, dim: int, dtype) -> jax.Array:
+def _residual_stack(x: jax.Array, dim: int, dtype, kernels: compute.Kernels) -> jax.Array:
   for dilation in (1, 3, 9):
-    x = ResidualUnit(dim, dilation, dtype=dtype)(x)
+    x = ResidualUnit(dim, dilation, dtype=dtype, kernels=kernels)(x)
   return x
 
 
@@ -44,21 +46,22 @@ class Encoder(nn.Module):
   rates: tuple[int, ...]
   latent_dim: int
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dim = self.dim
-    x = layers.WNConv(dim, (7,), padding=((3, 3),), dtype=self.dtype)(x)
+    x = layers.WNConv(dim, (7,), padding=((3, 3),), dtype=self.dtype, kernels=self.kernels)(x)
     for stride in self.rates:
-      x = _residual_stack(x, dim, self.dtype)
-      x = layers.Snake()(x)
+      x = _residual_stack(x, dim, self.dtype, self.kernels)
+      x = layers.Snake(self.kernels)(x)
       dim *= 2
       pad = math.ceil(stride / 2)
       x = layers.WNConv(dim, (2 * stride,), strides=(stride,), padding=((pad, pad),),
-                        dtype=self.dtype)(x)
-    x = layers.Snake()(x)
+                        dtype=self.dtype, kernels=self.kernels)(x)
+    x = layers.Snake(self.kernels)(x)
     return layers.WNConv(self.latent_dim, (3,), padding=((1, 1),),
-                         dtype=self.dtype)(x)
+                         dtype=self.dtype, kernels=self.kernels)(x)
 
 
 class Decoder(nn.Module):
@@ -66,17 +69,18 @@ class Decoder(nn.Module):
   dim: int
   rates: tuple[int, ...]
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    x = layers.WNConv(self.dim, (7,), padding=((3, 3),), dtype=self.dtype)(z)
+    x = layers.WNConv(self.dim, (7,), padding=((3, 3),), dtype=self.dtype, kernels=self.kernels)(z)
     for i, stride in enumerate(self.rates):
       out_dim = self.dim // 2 ** (i + 1)
-      x = layers.Snake()(x)
+      x = layers.Snake(self.kernels)(x)
       x = layers.WNConvTranspose1d(out_dim, stride, dtype=self.dtype)(x)
-      x = _residual_stack(x, out_dim, self.dtype)
-    x = layers.Snake()(x)
-    x = layers.WNConv(1, (7,), padding=((3, 3),), dtype=self.dtype)(x)
+      x = _residual_stack(x, out_dim, self.dtype, self.kernels)
+    x = layers.Snake(self.kernels)(x)
+    x = layers.WNConv(1, (7,), padding=((3, 3),), dtype=self.dtype, kernels=self.kernels)(x)
     return jnp.tanh(x[..., 0].astype(jnp.float32))
 
 
@@ -102,9 +106,15 @@ class Generator(nn.Module):
   codebook_dim: int
   quantizer_dropout: float
   dtype: jnp.dtype = jnp.float32
+  kernels: compute.Kernels = compute.XLA
 
   @classmethod
-  def from_config(cls, model: ml_collections.ConfigDict, dtype=jnp.float32) -> 'Generator':
+  def from_config(cls, model: ml_collections.ConfigDict, dtype=jnp.float32,
+                  kernels: compute.Kernels | None = None) -> 'Generator':
+    """kernels: how to compute (default: what `model.kernels` picks on jax's default backend)."""
+    if kernels is None:
+      kernels = compute.choose(compute.configured(model), jax.default_backend(),
+                               jnp.dtype(dtype).name)
     if math.prod(model.encoder_rates) != math.prod(model.decoder_rates):
       raise ValueError(f'config.model: encoder_rates {tuple(model.encoder_rates)} and decoder_rates '
                        f'{tuple(model.decoder_rates)} must have the same product (the hop length)')
@@ -113,18 +123,21 @@ class Generator(nn.Module):
         encoder_rates=tuple(model.encoder_rates), latent_dim=model.latent_dim,
         decoder_dim=model.decoder_dim, decoder_rates=tuple(model.decoder_rates),
         n_codebooks=model.n_codebooks, codebook_size=model.codebook_size,
-        codebook_dim=model.codebook_dim, quantizer_dropout=model.quantizer_dropout, dtype=dtype)
+        codebook_dim=model.codebook_dim, quantizer_dropout=model.quantizer_dropout, dtype=dtype,
+        kernels=kernels)
 
   @property
   def hop_length(self) -> int:
     return math.prod(self.encoder_rates)
 
   def setup(self):
-    self.encoder = Encoder(self.encoder_dim, self.encoder_rates, self.latent_dim, dtype=self.dtype)
+    self.encoder = Encoder(self.encoder_dim, self.encoder_rates, self.latent_dim, dtype=self.dtype,
+                           kernels=self.kernels)
     self.quantizer = rvq.ResidualVectorQuantizer(
         self.latent_dim, self.n_codebooks, self.codebook_size, self.codebook_dim,
-        self.quantizer_dropout)
-    self.decoder = Decoder(self.decoder_dim, self.decoder_rates, dtype=self.dtype)
+        self.quantizer_dropout, kernels=self.kernels)
+    self.decoder = Decoder(self.decoder_dim, self.decoder_rates, dtype=self.dtype,
+                           kernels=self.kernels)
 
   def _encode_latent(self, audio: jax.Array) -> jax.Array:
     """audio: f32[B, T] -> f32[B, ceil(T / hop), latent]; right-pads T to a multiple of the hop."""

@@ -55,12 +55,13 @@ class CodecError(ValueError):
 
 
 def codec_fingerprint(model: ml_collections.ConfigDict) -> str:
-  """A hash of config.model less quantizer_dropout (training-only): same hash, same code format.
+  """A hash of config.model less quantizer_dropout (training-only) and kernels (how, not what, it
+  computes): same hash, same code format.
 
   Not checkpoint.fingerprint: that one also hashes the discriminator, which plays no part in
   encoding or decoding.
   """
-  fields = {k: v for k, v in model.to_dict().items() if k != 'quantizer_dropout'}
+  fields = {k: v for k, v in model.to_dict().items() if k not in ('quantizer_dropout', 'kernels')}
   return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from codec import compute
 from codec import layers
 from codec import losses
 
@@ -31,10 +32,11 @@ class VectorQuantizer(nn.Module):
   latent_dim: int
   codebook_size: int
   codebook_dim: int
+  kernels: compute.Kernels = compute.XLA
 
   def setup(self):
-    self.in_proj = layers.WNConv(self.codebook_dim, (1,))
-    self.out_proj = layers.WNConv(self.latent_dim, (1,))
+    self.in_proj = layers.WNConv(self.codebook_dim, (1,), kernels=self.kernels)
+    self.out_proj = layers.WNConv(self.latent_dim, (1,), kernels=self.kernels)
     self.codebook = self.param(
         'codebook', nn.initializers.normal(1.0), (self.codebook_size, self.codebook_dim))
 
@@ -64,10 +66,11 @@ class ResidualVectorQuantizer(nn.Module):
   codebook_size: int
   codebook_dim: int
   quantizer_dropout: float
+  kernels: compute.Kernels = compute.XLA
 
   def setup(self):
     self.levels = [
-        VectorQuantizer(self.latent_dim, self.codebook_size, self.codebook_dim)
+        VectorQuantizer(self.latent_dim, self.codebook_size, self.codebook_dim, self.kernels)
         for _ in range(self.n_codebooks)
     ]
 

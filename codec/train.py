@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from codec import checkpoint
+from codec import compute
 from codec import config_rules
 from codec import data
 from codec import discriminators
@@ -63,14 +64,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size(config.batch_size)
 
 
-def make_models(config: ml_collections.ConfigDict) -> Models:
+def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -> Models:
+  """backend: where the step will run (default: jax's default backend), for codec/compute.py."""
   dtype = jnp.bfloat16 if config.optim.compute_dtype == 'bfloat16' else jnp.float32
+  kernels = compute.choose(config.model.kernels, backend or jax.default_backend(),
+                           config.optim.compute_dtype)
   # AdamW with DAC's betas and per-step decay after global-norm clipping. A step with a
   # non-finite gradient leaves parameters and optimizer state untouched (the loop then stops the
   # run), so a NaN can never reach a checkpoint.
   return Models(
-      gen=generator.Generator.from_config(config.model, dtype=dtype),
-      disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype),
+      gen=generator.Generator.from_config(config.model, dtype=dtype, kernels=kernels),
+      disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype,
+                                                     kernels=kernels),
       gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator),
       disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate)

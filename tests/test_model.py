@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from codec import cpu_kernels
 from codec import discriminators
 from codec import generator
 from codec import layers
@@ -205,7 +206,7 @@ def test_every_conv_path_computes_the_same_correlation_and_gradients(x_shape, w_
   rng = np.random.default_rng(len(x_shape) * 100 + w_shape[0])
   x = rng.normal(size=x_shape).astype(np.float32)
   w = (rng.normal(size=w_shape) / math.sqrt(np.prod(w_shape[:-1]))).astype(np.float32)
-  fn = lambda x, w: layers.conv(x, w, strides, dilation, padding)
+  fn = lambda x, w: cpu_kernels.conv(x, w, strides, dilation, padding)
   y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(w))
   expected = _direct_conv(x, w, strides, dilation, padding)
   assert y.shape == expected.shape
@@ -218,10 +219,10 @@ def test_every_conv_path_computes_the_same_correlation_and_gradients(x_shape, w_
 
 
 @pytest.mark.parametrize('taps, outputs', sorted(
-    {(taps, m) for m, pieces in layers.WINOGRAD_PLANS.values() for taps in pieces}))
+    {(taps, m) for m, pieces in cpu_kernels.WINOGRAD_PLANS.values() for taps in pieces}))
 def test_winograd_transforms_are_exact_correlations(taps, outputs):
   """A^T [(G w) * (B^T d)] is the tile's correlation, exactly in float64, for every plan's piece."""
-  at, g, bt = (np.array(m) for m in layers.winograd_matrices(taps, outputs))
+  at, g, bt = (np.array(m) for m in cpu_kernels.winograd_matrices(taps, outputs))
   rng = np.random.default_rng(taps * 10 + outputs)
   d, w = rng.normal(size=outputs + taps - 1), rng.normal(size=taps)
   direct = [np.dot(w, d[i:i + taps]) for i in range(outputs)]
@@ -230,7 +231,7 @@ def test_winograd_transforms_are_exact_correlations(taps, outputs):
 
 def test_winograd_refuses_tiles_beyond_its_points():
   with pytest.raises(ValueError, match='needs 9 points'):
-    layers.winograd_matrices(5, 5)
+    cpu_kernels.winograd_matrices(5, 5)
 
 
 def test_weight_norm_scale_is_per_input_channel_for_transposed_conv():
