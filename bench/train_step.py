@@ -7,10 +7,11 @@ Prints compile time, median s/step, audio-seconds trained per second, peak RSS, 
 same run (and, on a GPU, the fraction of the device's peak). Ends with one JSON line.
 
   python bench/train_step.py --config experiments/dac_16khz.py --batch_size 4 --seconds 0.5 \\
-      [--dtype float32|bfloat16] [--steps 5] [--peer [--peer_python /work/torchvenv/bin/python]] \\
+      [--dtype float32|bfloat16] [--kernels auto|xla|cpu] [--steps 5] [--peer [--peer_python /work/torchvenv/bin/python]] \\
       [--no-malloc_hugepages]
 
-Like the trainer, it runs with glibc's huge-page malloc (codec/hugepages.py) unless told not to.
+Like the trainer, it runs with glibc's huge-page malloc (codec/hugepages.py) on the CPU backend
+unless told not to, and with the kernels codec/compute.py picks unless --kernels says otherwise.
 
 --peer also times the PyTorch reference (descript-audio-codec's DAC + Discriminator, its losses and
 AdamW, same batch and excerpt length) in a subprocess run by --peer_python, an interpreter that can
@@ -130,6 +131,7 @@ def run_jax(args) -> dict:
   loadavg = os.getloadavg()[0]  # other work on the machine slows every number below
   config = config_lib.load(args.config)
   config.optim.compute_dtype = args.dtype
+  config.model.kernels = args.kernels
   config.batch_size = args.batch_size
   config.data.excerpt_seconds = args.seconds
   train.check_config(config)
@@ -307,6 +309,8 @@ def main(argv=None) -> int:
   parser.add_argument('--batch_size', type=int, default=4)
   parser.add_argument('--seconds', type=float, default=0.5)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--kernels', default='auto', choices=('auto', 'xla', 'cpu'),
+                      help='config.model.kernels (codec/compute.py)')
   parser.add_argument('--steps', type=int, default=5, help='timed steps (at least 5)')
   parser.add_argument('--warmup', type=int, default=1, help='untimed steps after compiling')
   parser.add_argument('--peer', action='store_true', help='also time the PyTorch reference')
@@ -323,8 +327,10 @@ def main(argv=None) -> int:
   if args.steps < 5:
     parser.error('--steps must be at least 5 (the median of at least 5 steps is reported)')
   sys.path.insert(0, str(ROOT))
+  from codec import compute  # pylint: disable=g-import-not-at-top  (imports no jax)
   from codec import hugepages  # pylint: disable=g-import-not-at-top  (imports no jax)
-  if args.malloc_hugepages and not args.peer_worker:
+  if (compute.malloc_hugepages(args.malloc_hugepages, compute.launch_backend(os.environ)) and
+      not args.peer_worker):
     hugepages.reexec_if_needed()
 
   if args.peer_worker:

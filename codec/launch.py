@@ -6,6 +6,7 @@ from absl import flags
 from absl import logging as absl_logging
 import ml_collections
 
+from codec import compute
 from codec import config_rules
 from codec import hugepages
 
@@ -61,6 +62,27 @@ def run_dir(config: ml_collections.ConfigDict) -> str:
   return config.checkpoint_dir or os.path.join('runs', config.experiment_name)
 
 
+def prepare_process(config: ml_collections.ConfigDict, environ=None) -> None:
+  """What must precede jax's import: huge-page malloc on the CPU backend (a re-execution, which
+  returns once the tunable is set) and XLA's deterministic-ops flag when config.deterministic."""
+  environ = os.environ if environ is None else environ
+  if compute.malloc_hugepages(config.malloc_hugepages, compute.launch_backend(environ)):
+    hugepages.reexec_if_needed()
+  flags_now = environ.get('XLA_FLAGS', '')
+  if compute.xla_flags(flags_now, config.deterministic) != flags_now:
+    environ['XLA_FLAGS'] = compute.xla_flags(flags_now, config.deterministic)
+
+
+def describe_compute(config: ml_collections.ConfigDict) -> str:
+  """One line saying how this run computes (after jax is imported)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  backend = jax.default_backend()
+  kernels = compute.choose(config.model.kernels, backend, config.optim.compute_dtype)
+  return (f'compute: {backend}, {config.optim.compute_dtype}, kernels={config.model.kernels}: '
+          f'{kernels.describe()}; XLA_FLAGS={os.environ.get("XLA_FLAGS") or "(unset)"}; '
+          f'{hugepages.describe()}')
+
+
 def run(config: ml_collections.ConfigDict, flag_values) -> None:
   config = apply_user_flags(config, {name: flag_values[name].value for name in USER_FLAGS})
   try:
@@ -68,8 +90,7 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
   except config_rules.ConfigError as e:
     raise SystemExit(f'error: {e}') from None
   check_wandb(config)
-  if config.malloc_hugepages:
-    hugepages.reexec_if_needed()  # before jax is imported; returns once the tunable is set
+  prepare_process(config)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
   from codec import parallel  # pylint: disable=g-import-not-at-top  (after flags: fast errors)
   from codec import train  # pylint: disable=g-import-not-at-top
@@ -80,7 +101,7 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
     raise SystemExit(f'error: {e}') from None
   workdir = run_dir(config)
   print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
-  print(hugepages.describe(), flush=True)
+  print(describe_compute(config), flush=True)
   try:
     train.train_and_evaluate(config, workdir)
   except train.TrainingStopped as e:
