@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from codec import compute
 from codec import cpu_kernels
 from codec import discriminators
 from codec import generator
@@ -282,3 +283,77 @@ def test_reference_discriminator_layout():
   results = jax.eval_shape(disc.apply, shapes, jax.ShapeDtypeStruct((1, 8000), jnp.float32))
   assert len(results) == 8
   assert [len(f) for _, f in results] == [5] * 5 + [20] * 3
+
+
+# Relative RMS error of each conv path (output, dx and dw) against a float64 direct sum of the
+# same (dtype-rounded) inputs, at the codec's widths; the bounds are ~2x those measured
+# (2026-12-02, CPU). bfloat16: XLA's conv, im2col and the strided 2-D path round once (1.7e-3,
+# dx of im2col 3.6e-3); the 2-3 tap Winograd and polyphase paths reach 4.7e-3, the k=5 and k=7
+# Winograd plans 2.1e-2: why compute.choose takes XLA's conv in bfloat16 (README.md).
+CONV_PATHS = {  # name: (x, w, strides, dilation, padding, fn, float32 bound, bfloat16 bound)
+    'xla k7 d3': ((1, 64, 256), (7, 256, 256), (1,), (3,), ((9, 9),),
+                  lambda x, w: layers.conv(x, w, (1,), (3,), ((9, 9),)), 5e-6, 6e-3),
+    'im2col k7 d3': ((1, 32, 256), (7, 256, 512), (1,), (3,), ((9, 9),),
+                     lambda x, w: cpu_kernels.im2col_conv(x, w, (1,), (3,), ((9, 9),)), 5e-6, 8e-3),
+    'winograd F(4,4)+F(4,3) d3': (
+        (1, 64, 256), (7, 256, 256), (1,), (3,), ((9, 9),),
+        lambda x, w: cpu_kernels.winograd_conv1d(x, w, (9, 9), 3, 4, (4, 3)), 5e-6, 4e-2),
+    'winograd k7, Winograd backward': (
+        (1, 64, 256), (7, 256, 256), (1,), (3,), ((9, 9),),
+        lambda x, w: cpu_kernels.winograd_conv1d_fast_grad(x, w, (9, 9), 3, 4, (4, 3)), 5e-6, 4e-2),
+    'winograd F(3,5)': ((1, 24, 1024), (5, 1024, 1024), (1,), (1,), ((2, 2),),
+                        lambda x, w: cpu_kernels.winograd_conv1d(x, w, (2, 2), 1, 3, (5,)),
+                        5e-6, 4e-2),
+    'winograd F(2,3)': ((1, 16, 1024), (3, 1024, 512), (1,), (1,), ((1, 1),),
+                        lambda x, w: cpu_kernels.winograd_conv1d(x, w, (1, 1), 1, 2, (3,)),
+                        5e-6, 1e-2),
+    'winograd F(3,2)': ((1, 24, 512), (2, 512, 1024), (1,), (1,), ((0, 1),),
+                        lambda x, w: cpu_kernels.winograd_conv1d(x, w, (0, 1), 1, 3, (2,)),
+                        5e-6, 1e-2),
+    'polyphase k5 s3': ((1, 60, 512), (5, 512, 1024), (3,), (1,), ((2, 2),),
+                        lambda x, w: cpu_kernels.polyphase_conv1d(x, w, 3, (2, 2)), 5e-6, 1e-2),
+    'strided 2-D, polyphase dx': (
+        (1, 8, 33, 32), (3, 9, 32, 32), (1, 2), (1, 1), ((1, 1), (4, 4)),
+        lambda x, w: cpu_kernels.strided_conv(x, w, (1, 2), ((1, 1), (4, 4))), 5e-6, 6e-3),
+}
+
+
+def _relative_rms(got, want) -> float:
+  got = np.asarray(got, np.float64)
+  return float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want ** 2)))
+
+
+@pytest.mark.parametrize('name', CONV_PATHS)
+def test_conv_paths_error_bounds_in_float32_and_bfloat16_at_codec_widths(name):
+  x_shape, w_shape, strides, dilation, padding, fn, *bounds = CONV_PATHS[name]
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=x_shape).astype(np.float32)
+  w = (rng.normal(size=w_shape) / math.sqrt(np.prod(w_shape[:-1]))).astype(np.float32)
+  for dtype, bound in zip((jnp.float32, jnp.bfloat16), bounds):
+    xd, wd = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+    y, vjp = jax.vjp(jax.jit(fn), xd, wd)
+    assert y.dtype == dtype
+    x64, w64 = np.asarray(xd, np.float64), np.asarray(wd, np.float64)
+    want = _direct_conv(x64, w64, strides, dilation, padding)
+    cotangent = jnp.asarray(rng.normal(size=want.shape), dtype)
+    dx, dw = vjp(cotangent)
+    want_dx, want_dw = _direct_conv(x64, w64, strides, dilation, padding,
+                                    np.asarray(cotangent, np.float64))
+    for what, got, ref in (('y', y, want), ('dx', dx, want_dx), ('dw', dw, want_dw)):
+      error = _relative_rms(got, ref)
+      assert error < bound, f'{name}, {jnp.dtype(dtype).name}: {what} relative RMS error {error:.2e}'
+
+
+@pytest.mark.parametrize('kernels', [compute.CPU, compute.XLA])
+def test_snake_values_and_gradients_against_float64(kernels):
+  x = np.random.default_rng(0).normal(size=(4, 64, 32)).astype(np.float32) * 3
+  alpha = np.linspace(0.2, 3.0, 32).astype(np.float32)
+  y, vjp = jax.vjp(jax.jit(lambda x, a: layers.snake(x, a, kernels)), jnp.asarray(x),
+                   jnp.asarray(alpha))
+  x64, a64 = x.astype(np.float64), alpha.astype(np.float64)
+  np.testing.assert_allclose(y, x64 + np.sin(a64 * x64) ** 2 / a64, atol=2e-6)
+  dx, dalpha = vjp(jnp.ones_like(y))
+  s2 = np.sin(2 * a64 * x64)
+  np.testing.assert_allclose(dx, 1 + s2, atol=2e-6)
+  want = np.sum(x64 * s2 / a64 - np.sin(a64 * x64) ** 2 / a64 ** 2, axis=(0, 1))
+  np.testing.assert_allclose(dalpha, want, rtol=1e-5, atol=1e-4)
