@@ -170,6 +170,8 @@ def run_jax(args) -> dict:
   step_s = statistics.median(times)
   matmul = matmul_gflops()
   device = jax.devices()[0]
+  stats = device.memory_stats() or {}  # None on CPU
+  peak_device = stats.get('peak_bytes_in_use')
   peak = DEVICE_PEAKS.get(device.device_kind)
   gflops = flops / step_s / 1e9 if flops else None
   frac = None
@@ -185,6 +187,7 @@ def run_jax(args) -> dict:
       'matmul_gflops_per_s': round(matmul, 2),
       'frac_of_matmul': round(gflops / matmul, 3) if gflops else None,
       'device': f'{device.platform}:{device.device_kind}', 'frac_of_device_peak': frac,
+      'peak_device_mib': round(peak_device / 2**20, 1) if peak_device else None,
       'nonfinite': nonfinite, 'sample_rate': sample_rate, 'loadavg': round(loadavg, 2),
       'page_faults_per_step': int(faults),
       'gen_params': sum(x.size for x in jax.tree.leaves(state.gen_params)),
@@ -376,6 +379,8 @@ def main(argv=None) -> int:
             'peak_rss_mib': r['peak_rss_mib'], 'flops_per_step': flops,
             'gflops_per_s': r['gflops_per_s'], 'matmul_gflops_per_s': r['matmul_gflops_per_s'],
             'frac_of_device_peak': r['frac_of_device_peak'], 'device': r['device'],
+            'peak_device_mib': r['peak_device_mib'], 'kernels': args.kernels,
+            'nonfinite': r['nonfinite'],
             'page_faults_per_step': r['page_faults_per_step'],
             'glibc_tunables': tunables, 'loadavg_before': r['loadavg'],
             'peer': None}
