@@ -73,29 +73,59 @@ def mel_distance(reference: jax.Array, estimate: jax.Array, *, sample_rate: int,
                                  windows=tuple(windows), n_mels=tuple(n_mels), clamp=clamp)
 
 
-def codebook_usage(codes: jax.Array, codebook_size: int,
-                   mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Per-level code statistics from the histogram of codes over batch and frames.
+def code_counts(codes: jax.Array, codebook_size: int, mask: jax.Array | None = None,
+                weights: jax.Array | None = None) -> jax.Array:
+  """How often each level picked each code, over batch and frames.
 
-  codes: int32[B, Q, N] in [0, K); mask: bool[B, Q] (levels item b actually used, e.g. under quantizer
-  dropout; default all) -> (perplexity f32[Q], fraction_used f32[Q])
-  p_q[k] = count_q[k] / sum_k count_q[k];  perplexity_q = exp(-sum_k p_q[k] log p_q[k]) in
-  [1, K];  fraction_used_q = #{k : count_q[k] > 0} / K. A level no item used reports 0 for both.
+  codes: int32[B, Q, N] in [0, K); mask: bool[B, Q] (levels item b used, e.g. under quantizer
+  dropout; default all); weights: f32[B] (e.g. 0 for padding rows; default 1) -> f32[Q, K].
+  Counts add up over batches and steps, so statistics can cover a whole evaluation or log interval.
   """
   codes = jnp.asarray(codes).astype(jnp.int32)
-  batch, levels, frames = codes.shape
-  if mask is None:
-    mask = jnp.ones((batch, levels), jnp.bool_)
-  weights = jnp.broadcast_to(jnp.asarray(mask, jnp.float32)[:, :, None], codes.shape)
+  batch, levels, _ = codes.shape
+  w = jnp.ones((batch, levels), jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
+  if weights is not None:
+    w = w * jnp.asarray(weights, jnp.float32)[:, None]
+  w = jnp.broadcast_to(w[:, :, None], codes.shape)
   # One histogram over (level, code) pairs: segment_sum avoids a [B, Q, N, K] one-hot.
   segment = jnp.arange(levels, dtype=jnp.int32)[None, :, None] * codebook_size + codes
-  counts = jax.ops.segment_sum(weights.reshape(-1), segment.reshape(-1),
+  counts = jax.ops.segment_sum(w.reshape(-1), segment.reshape(-1),
                                num_segments=levels * codebook_size)
-  counts = counts.reshape(levels, codebook_size)
-  total = jnp.sum(counts, axis=-1, keepdims=True)
-  p = counts / jnp.maximum(total, 1.0)
-  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
-  used = total[:, 0] > 0
-  perplexity = jnp.where(used, jnp.exp(entropy), 0.0)
-  fraction_used = jnp.sum(counts > 0, axis=-1).astype(jnp.float32) / codebook_size
-  return perplexity, fraction_used
+  return counts.reshape(levels, codebook_size)
+
+
+def codebook_statistics(counts: jax.Array, frame_rate: float) -> dict[str, jax.Array]:
+  """Per-level statistics of accumulated code counts: f32[Q, K] -> dict of f32[Q] (and scalars).
+
+  p_q[k] = count_q[k] / sum_k count_q[k];  entropy_bits_q = -sum_k p_q[k] log2 p_q[k];
+  perplexity_q = 2^entropy_bits_q in [1, K];  usage_q = #{k : count_q[k] > 0} / K;
+  dead_codes_q = K - #{used};  entropy_kbps = frame_rate * sum_q entropy_bits_q / 1000, the rate
+  an ideal entropy coder would need, next to nominal_kbps = frame_rate * Q * log2(K) / 1000.
+  frames: f32[Q], the count per level. A level never used reports 0 usage and perplexity.
+  """
+  counts = jnp.asarray(counts, jnp.float32)
+  levels, codebook_size = counts.shape
+  frames = jnp.sum(counts, axis=-1)
+  p = counts / jnp.maximum(frames, 1.0)[:, None]
+  entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+  used = jnp.sum(counts > 0, axis=-1).astype(jnp.float32)
+  return {
+      'usage': used / codebook_size,
+      'perplexity': jnp.where(frames > 0, jnp.exp2(entropy), 0.0),
+      'dead_codes': codebook_size - used,
+      'entropy_bits': entropy,
+      'frames': frames,
+      'entropy_kbps': frame_rate * jnp.sum(entropy) / 1000.0,
+      'nominal_kbps': jnp.asarray(frame_rate * levels * jnp.log2(codebook_size) / 1000.0),
+  }
+
+
+def codebook_usage(codes: jax.Array, codebook_size: int,
+                   mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(perplexity f32[Q], fraction_used f32[Q]) of one batch's codes: int32[B, Q, N].
+
+  See code_counts and codebook_statistics; one batch uses at most B * N codes per level, so
+  prefer statistics over accumulated counts.
+  """
+  stats = codebook_statistics(code_counts(codes, codebook_size, mask), frame_rate=1.0)
+  return stats['perplexity'], stats['usage']

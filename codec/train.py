@@ -64,6 +64,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   parallel.check_batch_size(config.batch_size)
 
 
+def check_validation_set(val_audio: np.ndarray, data_config: ml_collections.ConfigDict) -> None:
+  """Fails before the first step when validation has nothing to measure (not after an epoch)."""
+  if len(val_audio):
+    return
+  source = (f'--val_dir {data_config.val_dir}' if data_config.val_dir else
+            f'--config.data.val_fraction={data_config.val_fraction} of the data folder')
+  raise ValueError(f'validation: {source} gives no usable excerpt (no file, or every file '
+                   f'unreadable or quieter than --config.data.silence_db={data_config.silence_db} '
+                   'dB); pass --val_dir DIR (a folder of audio to validate on) or a larger '
+                   '--config.data.val_fraction.')
+
+
 def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -> Models:
   """backend: where the step will run (default: jax's default backend), for codec/compute.py."""
   dtype = jnp.bfloat16 if config.optim.compute_dtype == 'bfloat16' else jnp.float32
@@ -337,6 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       config.data, sample_rate=config.model.sample_rate, global_batch_size=config.batch_size,
       seed=config.seed, cache_dir=workdir, process_index=jax.process_index(),
       process_count=jax.process_count())  # logs its own summary
+  check_validation_set(datasets.val_audio, config.data)
 
   models = make_models(config)
   excerpt = int(round(config.data.excerpt_seconds * config.model.sample_rate))

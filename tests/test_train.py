@@ -111,6 +111,19 @@ def test_negative_eval_interval_is_refused():
     train.check_config(tiny_config(eval_every_steps=-1))
 
 
+def test_silent_validation_folder_fails_before_the_first_step(tiny_corpus, tmp_path):
+  """A validation set with no usable excerpt is refused up front, naming the flags to pass."""
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  quiet = tmp_path / 'quiet'
+  quiet.mkdir()
+  sf.write(quiet / 'silence.flac', np.zeros(8000, np.float32), 16000)
+  config = tiny_config(tiny_corpus, **{'data.val_dir': str(quiet)})
+  with pytest.raises(ValueError, match=r'--val_dir .*quiet.*--config\.data\.val_fraction'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run' / 'checkpoints').exists() or not any(
+      (tmp_path / 'run' / 'checkpoints').iterdir())
+
+
 def test_schedule_evaluates_every_n_steps_and_at_the_end():
   config = tiny_config(num_epochs=3, eval_every_steps=4, max_steps=30)
   schedule = train.Schedule.from_config(config, steps_per_epoch=10)
