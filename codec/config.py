@@ -124,15 +124,21 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- Training-health monitor thresholds (per-discriminator values).
   c.health = ml_collections.ConfigDict()
   c.health.stop_on_red_flag = False
-  c.health.disc_stuck_tolerance = 0.02  # |D loss - no-learning value| within this, all epoch
+  # |D loss - dead value| within this over a whole evaluation interval (mean, min and max).
+  c.health.disc_stuck_tolerance = 0.02
+  c.health.disc_grace_steps = 200  # from this step on, sitting at the initial value is red too
   c.health.min_feat_loss = 0.1
   c.health.max_feat_loss = 10.0
-  c.health.grace_epochs = 5  # SNR and amplitude rules apply from this epoch on
+  c.health.grace_steps = 5000  # SNR, amplitude and rate-distortion red rules apply from here on
+  c.health.snr_fall_db = 0.5  # green SNR may dip this much since the previous evaluation
   c.health.min_amplitude_ratio = 50.0  # percent
   c.health.max_amplitude_ratio = 120.0
   c.health.green_amplitude_low = 70.0
-  c.health.green_amplitude_high = 95.0
-  c.health.amplitude_stable_pct = 10.0
+  c.health.green_amplitude_high = 105.0  # includes 100%: a perfect reconstruction is green
+  c.health.amplitude_stable_pct = 10.0  # points per evaluation, unless approaching 100%
+  # Collapse: a level using under this fraction of the codes it could reach over an evaluation.
+  c.health.min_codebook_usage = 0.1
+  c.health.min_level_gain = 0.01  # mel distance the later half of the levels must remove
   return c
 
 

@@ -176,3 +176,12 @@ def no_learning_value(gan: str) -> float:
   """
   _check_gan(gan)
   return 0.5 if gan == 'lsgan' else 2.0
+
+
+def initial_value(gan: str) -> float:
+  """Per-discriminator loss at initialisation, outputs ~0 (health monitor).
+
+  lsgan: 0^2 + (1 - 0)^2 = 1.0; hinge: (1 - 0) + (1 + 0) = 2.0 (its no-learning value too).
+  """
+  _check_gan(gan)
+  return 1.0 if gan == 'lsgan' else 2.0
