@@ -154,6 +154,17 @@ class Generator(nn.Module):
     return GeneratorOutput(audio=recon, codes=q.codes, level_mask=q.level_mask,
                            commitment_loss=q.commitment_loss, codebook_loss=q.codebook_loss)
 
+  def latents_by_level(self, audio: jax.Array) -> tuple[rvq.QuantizerOutput, jax.Array]:
+    """The rate-distortion forward: (quantizer output with every level, z_q of levels 1..n for
+    each n, f32[Q, B, N, C]); decode_latent of entry n-1 is the reconstruction at n levels."""
+    q = self.quantizer(self._encode_latent(audio))
+    parts = [self.quantizer.levels[i].embed(q.codes[:, i]) for i in range(self.n_codebooks)]
+    return q, jnp.cumsum(jnp.stack(parts), axis=0)
+
+  def decode_latent(self, z_q: jax.Array) -> jax.Array:
+    """z_q: f32[B, N, C] -> audio f32[B, N * hop]."""
+    return self.decoder(z_q)
+
   def encode(self, audio: jax.Array, n_quantizers: int | None = None) -> jax.Array:
     """audio: f32[B, T] -> codes: int32[B, Q, ceil(T / hop)]."""
     return self.quantizer(self._encode_latent(audio), n_quantizers=n_quantizers).codes

@@ -249,8 +249,8 @@ def check_levels(history: list[dict], health):
     return None
   half = len(mel) // 2  # levels half+1..Q
   gain = mel[half - 1] - mel[-1]
-  detail = (f'mel distance {mel[half - 1]:.3f} with {half} levels, {mel[-1]:.3f} with '
-            f'{len(mel)}')
+  detail = (f'mel distance {mel[half - 1]:.3f} with {half} level{"s" * (half > 1)}, '
+            f'{mel[-1]:.3f} with {len(mel)}')
   if snr is not None and len(snr) == len(mel):
     detail += f'; SNR {snr[half - 1]:.2f} -> {snr[-1]:.2f} dB'
   if gain >= health.min_level_gain:

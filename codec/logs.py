@@ -14,8 +14,10 @@ import ml_collections
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
 
 from codec import health
+from codec import metrics as metrics_lib
 
 log = logging.getLogger('codec')
 
@@ -34,19 +36,42 @@ def _mean_metrics(fetched: list[dict]) -> dict:
 
 def postfix(step_metrics: dict) -> dict:
   keys = ('disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db', 'amplitude_ratio')
-  shown = {k.removesuffix('_loss'): f'{float(step_metrics[k]):.3g}' for k in keys}
-  shown['usage'] = f'{float(np.mean(step_metrics["codebook_usage"])):.3g}'
-  return shown
+  return {k.removesuffix('_loss'): f'{float(step_metrics[k]):.3g}' for k in keys}
+
+
+def codebook_fields(code_counts: np.ndarray, frame_rate: float, prefix: str = '') -> dict:
+  """Record fields of accumulated code counts f32[Q, K] (metrics.codebook_statistics).
+
+  codebook_usage: the mean over levels of the fraction of codes used; *_per_level: one entry per
+  level; codebook_frames: the codes counted per level; entropy vs nominal bitrate in kbps.
+  """
+  stats = {k: np.asarray(v) for k, v in
+           metrics_lib.codebook_statistics(code_counts, frame_rate).items()}
+  per_level = lambda key: [float(x) for x in stats[key]]
+  return {
+      f'{prefix}codebook_usage': float(np.mean(stats['usage'])),
+      f'{prefix}codebook_usage_per_level': per_level('usage'),
+      f'{prefix}codebook_perplexity_per_level': per_level('perplexity'),
+      f'{prefix}codebook_dead_codes_per_level': per_level('dead_codes'),
+      f'{prefix}codebook_frames': per_level('frames'),
+      f'{prefix}codebook_size': int(np.shape(code_counts)[1]),
+      f'{prefix}codebook_entropy_kbps': float(stats['entropy_kbps']),
+      f'{prefix}codebook_nominal_kbps': float(stats['nominal_kbps']),
+  }
 
 
 class IntervalAccumulator:
-  """Means over the steps since the last evaluation; min and max of the discriminator loss."""
+  """Means over the steps since the last evaluation; min and max of the discriminator loss; the
+  interval's code counts (train_codebook_* fields)."""
 
-  def __init__(self):
+  def __init__(self, frame_rate: float):
+    self.frame_rate = frame_rate
     self.steps: list[dict] = []
+    self.code_counts = None  # f32[Q, K]
 
-  def add(self, fetched: list[dict]) -> None:
+  def add(self, fetched: list[dict], code_counts: np.ndarray) -> None:
     self.steps.extend(fetched)
+    self.code_counts = code_counts if self.code_counts is None else self.code_counts + code_counts
 
   def summary(self) -> dict:
     if not self.steps:
@@ -54,11 +79,8 @@ class IntervalAccumulator:
     means = _mean_metrics(self.steps)
     disc = [float(m['disc_loss']) for m in self.steps]
     out = {k: float(v) for k, v in means.items() if np.ndim(v) == 0}
-    out.update(disc_loss_min=min(disc), disc_loss_max=max(disc),
-               codebook_usage=float(np.mean(means['codebook_usage'])),
-               codebook_usage_per_level=[float(x) for x in means['codebook_usage']],
-               codebook_perplexity_per_level=[float(x) for x in means['codebook_perplexity']],
-               train_steps=len(self.steps))
+    out.update(disc_loss_min=min(disc), disc_loss_max=max(disc), train_steps=len(self.steps),
+               **codebook_fields(self.code_counts, self.frame_rate, prefix='train_'))
     out.pop('nonfinite', None)
     return out
 
@@ -133,8 +155,25 @@ class RunLog:
       self.wandb.log({f'{prefix}/{k}': v for k, v in values.items() if np.ndim(v) == 0},
                      step=step)
 
-  def log_train(self, step: int, fetched: list[dict]) -> None:
+  def log_train(self, step: int, fetched: list[dict], code_counts: np.ndarray,
+                frame_rate: float) -> None:
+    """Means of the log interval's steps and the statistics of its codes, f32[Q, K]."""
     self._scalars('train', _mean_metrics(fetched), step)
+    self._codebook('train', code_counts, frame_rate, step)
+
+  def _codebook(self, prefix: str, code_counts: np.ndarray, frame_rate: float, step: int) -> None:
+    """Usage, perplexity, dead codes and bitrates per level; the code histogram of each level."""
+    if not self.writer:
+      return
+    fields = codebook_fields(code_counts, frame_rate)
+    fields.pop('codebook_size')
+    self._scalars(f'{prefix}/codebook', {k.removeprefix('codebook_'): v
+                                         for k, v in fields.items()}, step)
+    for level, counts in enumerate(np.asarray(code_counts)):
+      codes = np.repeat(np.arange(len(counts)), np.rint(counts).astype(np.int64))
+      if len(codes):
+        self.writer.add_histogram(f'{prefix}/codes/level_{level}', codes, step,
+                                  bins=min(len(counts), 64))
 
   def log_hparams(self, config: ml_collections.ConfigDict) -> None:
     if not self.writer:
@@ -144,12 +183,18 @@ class RunLog:
       for k, v in config[section].items():
         flat[f'{section}.{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
     flat['batch_size'] = config.batch_size
-    # The HParams dashboard needs a metric at start; it is updated by the val/ scalars.
-    self.writer.add_hparams(flat, {'val/mel_distance': 0.0}, name='hparams')
+    # Written into this run's own event file (SummaryWriter.add_hparams would open a second run,
+    # <name>/hparams, beside every run). The dashboard reads the metric from the val/ scalars.
+    experiment, start, end = hparams_summary(flat, {'val/mel_distance': 0.0})
+    for summary in (experiment, start, end):
+      self.writer.file_writer.add_summary(summary)
 
   def log_evaluation(self, record: dict, val_audio: np.ndarray, recon: np.ndarray,
-                     sample_rate: int, num_examples: int = 3, first: bool = False) -> None:
-    """Prints the table; writes metrics.jsonl, TensorBoard scalars, audio (inputs when `first`)."""
+                     sample_rate: int, num_examples: int = 3, first: bool = False,
+                     code_counts: np.ndarray | None = None, frame_rate: float = 1.0,
+                     codebook_norms: list[np.ndarray] = ()) -> None:
+    """Prints the table; writes metrics.jsonl, TensorBoard scalars, code and norm histograms, the
+    rate-distortion curve, audio (inputs when `first`). code_counts: f32[Q, K] of validation."""
     self.info(format_evaluation_table(record))
     if not self.is_writer:
       return
@@ -158,6 +203,14 @@ class RunLog:
     step = record['step']
     self._scalars('val', {k.removeprefix('val_'): v for k, v in record.items()
                           if k.startswith('val_')}, step)
+    self._scalars('val', {k: record[k] for k in ('rd_snr_db', 'rd_mel_distance',
+                                                  'latent_norm_per_level',
+                                                  'codebook_norm_per_level')}, step)
+    if code_counts is not None:
+      self._codebook('val', code_counts, frame_rate, step)
+    for level, norms in enumerate(codebook_norms):
+      self.writer.add_histogram(f'val/codebook_row_norms/level_{level}', norms, step)
+    self.writer.add_figure('val/rate_distortion', rate_distortion_figure(record), step)
     for i in range(min(num_examples, len(val_audio))):
       if first:
         self.writer.add_audio(f'audio/{i}/input', val_audio[i], step, sample_rate=sample_rate)
@@ -225,14 +278,55 @@ def format_evaluation_table(record: dict) -> str:
     rows.append((key, _fmt(record.get(f'train_{key}')), _fmt(record.get(key))))
   for key in ('si_sdr_db', 'mel_distance'):
     rows.append((key, '', _fmt(record.get(key))))
-  rows.append(('codebook_usage', _fmt(record.get('codebook_usage')), ''))
+  rows.append(('codebook_usage', _fmt(record.get('train_codebook_usage')),
+               _fmt(record.get('codebook_usage'))))
+  rows.append(('entropy_kbps', _fmt(record.get('train_codebook_entropy_kbps')),
+               _fmt(record.get('codebook_entropy_kbps'))))
   lines = [f'Step {record["step"]} (epoch {record["epoch"]})']
   lines += [f'  {a:<16} {b:>10} {c:>11}' for a, b, c in rows]
+  lines += _level_rows(record)
   return '\n'.join(lines)
+
+
+def _level_rows(record: dict) -> list[str]:
+  """Per-level validation lines: codes used, perplexity, dead codes, norms, rate-distortion."""
+  keys = (('usage %', 'codebook_usage_per_level', 100.0), ('perplexity',
+          'codebook_perplexity_per_level', 1.0), ('dead codes', 'codebook_dead_codes_per_level',
+          1.0), ('|z_e|', 'latent_norm_per_level', 1.0), ('|code row|',
+          'codebook_norm_per_level', 1.0), ('SNR dB, 1..n', 'rd_snr_db', 1.0),
+          ('mel dist, 1..n', 'rd_mel_distance', 1.0))
+  present = [(name, record[key], scale) for name, key, scale in keys
+             if isinstance(record.get(key), list)]
+  if not present:
+    return []
+  kbps = record.get('codebook_nominal_kbps')
+  header = f'  per level (validation; nominal {_fmt(kbps)} kbps)' if kbps else '  per level'
+  return [header] + [f'  {name:<16} ' + ' '.join(f'{x * scale:>7.4g}' for x in values)
+                     for name, values, scale in present]
 
 
 def _fmt(value) -> str:
   return '' if value is None else f'{value:.4g}'
+
+
+def rate_distortion_figure(record: dict):
+  """Validation SNR and mel distance against the number of levels (and kbps) of one record."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  snr, mel = record['rd_snr_db'], record['rd_mel_distance']
+  levels = np.arange(1, len(snr) + 1)
+  kbps = record.get('codebook_nominal_kbps', 0.0) * levels / len(levels)
+  fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+  for ax, values, label in ((axes[0], snr, 'validation SNR (dB)'),
+                            (axes[1], mel, 'validation mel distance')):
+    ax.plot(kbps, values, marker='o')
+    ax.set_xlabel('nominal kbps (levels 1..n)')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  fig.suptitle(f'step {record["step"]}')
+  fig.tight_layout()
+  return fig
 
 
 def spectrogram_figure(audio: np.ndarray):

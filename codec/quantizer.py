@@ -52,6 +52,9 @@ class VectorQuantizer(nn.Module):
   def __call__(self, residual: jax.Array):
     """residual: f32[B, N, C] -> (out f32[B, N, C], codes int32[B, N], commit f32[B], cb f32[B])."""
     z_e = self.in_proj(residual.astype(jnp.float32))
+    # Diagnostics (read with mutable=['intermediates']; a no-op otherwise): the commitment loss
+    # compares raw z_e and code rows, so their norms explain it. f32[B], mean over frames.
+    self.sow('intermediates', 'z_e_norm', jnp.mean(jnp.linalg.norm(z_e, axis=-1), axis=-1))
     codes = self.nearest(z_e)
     z_q = jnp.take(self.codebook, codes, axis=0)
     commit = losses.commitment_loss(z_e, z_q)

@@ -189,7 +189,6 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
   finite = jnp.isfinite(gen_grad_norm + disc_grad_norm + gen_terms['gen_loss'] +
                         disc_metrics['disc_loss'])
 
-  perplexity, usage = metrics_lib.codebook_usage(codes, models.gen.codebook_size, level_mask)
   step_metrics = {
       **gen_terms, **disc_metrics,
       'gen_grad_norm': gen_grad_norm,
@@ -200,49 +199,87 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       'learning_rate': models.gen_opt.learning_rate_at(state.gen_opt_state.count),
       'snr_db': jnp.mean(metrics_lib.snr_db(audio, recon)),
       'amplitude_ratio': jnp.mean(metrics_lib.amplitude_ratio(audio, recon)),
-      'codebook_perplexity': perplexity,
-      'codebook_usage': usage,
+      # f32[Q, K], summed over log intervals on device (logs.codebook_fields reads them).
+      'code_counts': metrics_lib.code_counts(codes, models.gen.codebook_size, level_mask),
       'nonfinite': 1.0 - finite.astype(jnp.float32),
   }
   return new_state, step_metrics
 
 
-def eval_step(models: Models, gen_params, disc_params, audio: jax.Array):
-  """Validation on fixed excerpts with every quantizer level. Returns per-item f32[B] metrics."""
-  out = models.gen.apply({'params': gen_params}, audio)
-  recon = out.audio
-  _, terms = generator_objective(models, disc_params, audio, recon, out.commitment_loss,
-                                 out.codebook_loss)
+def _rate_distortion(models: Models, gen_params, audio: jax.Array, prefixes: jax.Array):
+  """Reconstructions with 1..Q levels: prefixes f32[Q, B, N, C] -> (f32[Q, B, T], snr and mel
+  distance f32[B, Q]). One decoder in a loop over levels (compiled once, whatever Q)."""
+  length = audio.shape[-1]
+  cfg = models.loss
+
+  def level(z_q):
+    recon = models.gen.apply({'params': gen_params}, z_q,
+                             method=generator.Generator.decode_latent)[:, :length]
+    mel = losses.multiscale_mel_distance(
+        audio, recon, sample_rate=models.sample_rate, windows=tuple(cfg.mel_windows),
+        n_mels=tuple(cfg.mel_bins), clamp=cfg.mel_clamp)
+    return recon, metrics_lib.snr_db(audio, recon), mel
+
+  recons, snr, mel = jax.lax.map(level, prefixes)
+  return recons, snr.T, mel.T
+
+
+def eval_step(models: Models, gen_params, disc_params, audio: jax.Array, weights: jax.Array):
+  """Validation on fixed excerpts, audio: f32[B, T], weights: f32[B] (0 for padding rows).
+
+  Returns (per-item metrics, f32[B] or f32[B, Q] for the rate-distortion and per-level entries;
+  the reconstruction with every level f32[B, T]; weighted code counts f32[Q, K]).
+  """
+  (q, prefixes), inter = models.gen.apply(
+      {'params': gen_params}, audio, method=generator.Generator.latents_by_level,
+      mutable=['intermediates'])
+  recons, rd_snr, rd_mel = _rate_distortion(models, gen_params, audio, prefixes)
+  recon = recons[-1]
+  _, terms = generator_objective(models, disc_params, audio, recon, q.commitment_loss,
+                                 q.codebook_loss)
   _, disc_terms = discriminator_objective(models, disc_params, audio, recon)
   batch = audio.shape[0]
+  levels = inter['intermediates']['quantizer']
   per_item = {
       'snr_db': metrics_lib.snr_db(audio, recon),
       'si_sdr_db': metrics_lib.si_sdr_db(audio, recon),
       'amplitude_ratio': metrics_lib.amplitude_ratio(audio, recon),
-      'mel_distance': losses.multiscale_mel_distance(
-          audio, recon, sample_rate=models.sample_rate, windows=tuple(models.loss.mel_windows),
-          n_mels=tuple(models.loss.mel_bins), clamp=models.loss.mel_clamp),
+      'mel_distance': rd_mel[:, -1],
+      'rd_snr_db': rd_snr,
+      'rd_mel_distance': rd_mel,
+      'latent_norm': jnp.stack([levels[f'levels_{i}']['z_e_norm'][0]
+                                for i in range(models.gen.n_codebooks)], axis=1),
   }
   # Batch-level losses are broadcast so every entry has the per-item shape.
   per_item.update({k: jnp.broadcast_to(v, (batch,)) for k, v in {**terms, **disc_terms}.items()})
-  return per_item, recon
+  counts = metrics_lib.code_counts(q.codes, models.gen.codebook_size, weights=weights)
+  return per_item, recon, counts
 
 
 def evaluate(eval_fn, state: TrainState, val_audio: np.ndarray, batch_size: int, mesh):
-  """Averages eval_fn over the fixed validation excerpts, in fixed-size (padded) batches."""
+  """Averages eval_fn over the fixed validation excerpts, in fixed-size (padded) batches.
+
+  Returns (means: floats, or f32[Q] for per-level entries; reconstructions f32[N, T]; code
+  counts f32[Q, K] summed on device over the excerpts).
+  """
   n = len(val_audio)
   padded = math.ceil(n / batch_size) * batch_size
   audio = np.concatenate([val_audio, val_audio[:padded - n]]) if padded > n else val_audio
-  sums, recons = {}, []
+  weights = (np.arange(padded) < n).astype(np.float32)
+  sums, recons, counts = {}, [], None
   for start in range(0, padded, batch_size):
     chunk = parallel.shard_global(audio[start:start + batch_size], mesh)
-    values, recon = eval_fn(state.gen_params, state.disc_params, chunk)
+    chunk_weights = parallel.shard_global(weights[start:start + batch_size], mesh)
+    values, recon, chunk_counts = eval_fn(state.gen_params, state.disc_params, chunk,
+                                          chunk_weights)
+    counts = chunk_counts if counts is None else counts + chunk_counts
     values, recon = jax.device_get((values, recon))
     valid = slice(0, max(0, min(batch_size, n - start)))
     for k, v in values.items():
-      sums[k] = sums.get(k, 0.0) + float(np.sum(v[valid]))
+      sums[k] = sums.get(k, 0.0) + np.sum(np.asarray(v[valid], np.float64), axis=0)
     recons.append(recon[valid])
-  return {k: v / n for k, v in sums.items()}, np.concatenate(recons)
+  means = {k: (float(v) if np.ndim(v) == 0 else v) / n for k, v in sums.items()}
+  return means, np.concatenate(recons), np.asarray(jax.device_get(counts))
 
 
 class _Interrupt:
@@ -329,14 +366,18 @@ def _restore(ckpt, state, train_iter, run):
   return state, history
 
 
-def _flush(run, pending: list, step: int, interval: logs.IntervalAccumulator, progress) -> None:
-  """Fetches the steps run since the last flush (the only host sync between evaluations)."""
-  fetched = jax.device_get(pending)
+def _flush(run, pending: list, code_counts, step: int, interval: logs.IntervalAccumulator,
+           progress) -> None:
+  """Fetches the steps run since the last flush (the only host sync between evaluations).
+
+  code_counts: f32[Q, K], the log interval's codes, summed on device.
+  """
+  fetched, code_counts = jax.device_get((pending, code_counts))
   pending.clear()
   if any(m['nonfinite'] for m in fetched):
     raise TrainingStopped(run.nonfinite_report(step, fetched))
-  interval.add(fetched)
-  run.log_train(step, fetched)
+  interval.add(fetched, code_counts)
+  run.log_train(step, fetched, code_counts, interval.frame_rate)
   progress.set_postfix(logs.postfix(fetched[-1]))
 
 
@@ -372,8 +413,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   run.log_hparams(config)
   interrupt = _Interrupt()
   step = int(state.step)
-  interval = logs.IntervalAccumulator()
-  pending = []
+  first_step = step + 1
+  frame_rate = config.model.sample_rate / models.gen.hop_length
+  interval = logs.IntervalAccumulator(frame_rate)
+  pending, code_counts = [], None
   try:
     while step < schedule.total_steps:
       epoch = schedule.epoch_of(step + 1)
@@ -383,11 +426,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       while step < schedule.total_steps and schedule.epoch_of(step + 1) == epoch:
         batch = parallel.shard_batch(next(train_iter), mesh)
         state, step_metrics = step_fn(state, batch, step_rng)
+        counts = step_metrics.pop('code_counts')
+        code_counts = counts if code_counts is None else code_counts + counts
         pending.append(step_metrics)
         step += 1
         progress.update(1)
-        if schedule.logs(step) or interrupt.requested:
-          _flush(run, pending, step, interval, progress)
+        # The first step of a (re)started run is logged at once: its losses say early whether the
+        # run is set up right.
+        if schedule.logs(step) or step == first_step or interrupt.requested:
+          _flush(run, pending, code_counts, step, interval, progress)
+          code_counts = None
         if schedule.checkpoints(step):
           ckpt.save(step, state, train_iter.get_state(), history)
         if interrupt.requested:
@@ -398,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
           progress.clear()
           record = _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step,
                              interval.summary(), history, train_iter)
-          interval = logs.IntervalAccumulator()
+          interval = logs.IntervalAccumulator(frame_rate)
           history.append(record)
           _judge(run, history, config)
           progress.refresh()
@@ -414,30 +462,50 @@ def _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step,
               history, train_iter) -> dict:
   """Validation, logs and checkpoints after `step`; returns the evaluation's record."""
   start = time.time()
-  val, recon = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
-  record = make_record(step, schedule, train_summary, val)
+  val, recon, code_counts = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
+  frame_rate = config.model.sample_rate / math.prod(config.model.encoder_rates)
+  codebook_norms = codebook_row_norms(state.gen_params)
+  record = make_record(step, schedule, train_summary, val,
+                       logs.codebook_fields(code_counts, frame_rate), codebook_norms)
   record['val_seconds'] = time.time() - start
   run.log_evaluation(record, datasets.val_audio, recon, config.model.sample_rate,
-                     config.num_audio_examples, first=not history)
+                     config.num_audio_examples, first=not history, code_counts=code_counts,
+                     frame_rate=frame_rate, codebook_norms=codebook_norms)
   ckpt.save(step, state, train_iter.get_state(), history + [record])
   ckpt.save_best(step, state, train_iter.get_state(), history + [record], val['mel_distance'])
   return record
 
 
-def make_record(step: int, schedule: Schedule, train_summary: dict, val: dict) -> dict:
-  """One metrics.jsonl line: where (step, fractional epoch), training-interval means, validation.
+def codebook_row_norms(gen_params) -> list[np.ndarray]:
+  """The L2 norm of every codebook row, per level: [f32[K]] * Q."""
+  quantizer = jax.device_get(gen_params['quantizer'])
+  return [np.linalg.norm(np.asarray(quantizer[f'levels_{i}']['codebook']), axis=-1)
+          for i in range(len(quantizer))]
+
+
+def make_record(step: int, schedule: Schedule, train_summary: dict, val: dict,
+                codebook: dict, codebook_norms: list[np.ndarray]) -> dict:
+  """One metrics.jsonl line: where (step, fractional epoch), training-interval means, validation,
+  the validation codes' statistics (`logs.codebook_fields`), rate-distortion points and norms.
 
   Training-batch SNR and amplitude (quantizer dropout included) keep a train_ prefix: the
-  unprefixed names are the validation figures the health monitor reads.
+  unprefixed names are the validation figures the health monitor reads. rd_snr_db[n - 1] and
+  rd_mel_distance[n - 1] are the validation figures with the first n levels.
   """
   train_summary = {('train_' + k if k in ('snr_db', 'amplitude_ratio') else k): v
                    for k, v in train_summary.items()}
+  val = dict(val)
+  by_level = {'rd_snr_db': val.pop('rd_snr_db'), 'rd_mel_distance': val.pop('rd_mel_distance'),
+              'latent_norm_per_level': val.pop('latent_norm'),
+              'codebook_norm_per_level': [float(np.mean(n)) for n in codebook_norms]}
   return {'step': step, 'epoch': schedule.fractional_epoch(step),
           'partial': not schedule.on_schedule(step),
           **train_summary,
           **{f'val_{k}': v for k, v in val.items()},
           'snr_db': val['snr_db'], 'si_sdr_db': val['si_sdr_db'],
-          'amplitude_ratio': val['amplitude_ratio'], 'mel_distance': val['mel_distance']}
+          'amplitude_ratio': val['amplitude_ratio'], 'mel_distance': val['mel_distance'],
+          **codebook,
+          **{k: [float(x) for x in v] for k, v in by_level.items()}}
 
 
 def _judge(run, history: list[dict], config: ml_collections.ConfigDict) -> None:

@@ -57,6 +57,28 @@ def tiny_config(data_dir='', **overrides):
   return config
 
 
+def read_events(run_dir) -> list[tuple[int, str, object]]:
+  """(step, tag, value) of every summary in run_dir's TensorBoard event files (not below it).
+
+  value: the float of a scalar, else the summary value's proto. Event files are TFRecords: a
+  uint64 length, its CRC, the serialised Event, its CRC.
+  """
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = []
+  for path in sorted(pathlib.Path(run_dir).glob('events.out.tfevents.*')):
+    data = path.read_bytes()
+    offset = 0
+    while offset + 12 <= len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalar = value.simple_value if value.WhichOneof('value') == 'simple_value' else value
+        out.append((event.step, value.tag, scalar))
+  return out
+
+
 # The loss weights and learning rate README's command line sets. Every tiny training run of the
 # suite, in-process or launched, uses them: the same step then compiles once and later runs read
 # it from the compilation cache.

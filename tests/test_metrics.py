@@ -152,3 +152,34 @@ def test_metrics_accept_numpy_float64():
   for fn in (metrics.snr_db, metrics.si_sdr_db, metrics.amplitude_ratio):
     out = fn(x64, y64)
     assert out.dtype == jnp.float32 and out.shape == (3,)
+
+
+def test_code_counts_add_up_over_batches_and_skip_padding_rows():
+  rng = np.random.default_rng(8)
+  k = 16
+  codes = rng.integers(0, k, (6, 3, 20)).astype(np.int32)
+  mask = np.ones((6, 3), bool)
+  mask[0, 2] = False
+  whole = metrics.code_counts(codes, k, mask)
+  halves = metrics.code_counts(codes[:3], k, mask[:3]) + metrics.code_counts(codes[3:], k, mask[3:])
+  np.testing.assert_array_equal(whole, halves)
+  for q in range(3):
+    np.testing.assert_array_equal(whole[q], np.bincount(codes[mask[:, q], q].ravel(), minlength=k))
+  padded = metrics.code_counts(np.concatenate([codes, codes[:2]]), k,
+                               weights=np.array([1.0] * 6 + [0.0] * 2))
+  np.testing.assert_array_equal(padded, metrics.code_counts(codes, k))
+
+
+def test_codebook_statistics_of_counts():
+  counts = np.zeros((3, 8), np.float32)
+  counts[0] = 5.0  # uniform: 3 bits, perplexity 8
+  counts[1, :2] = [30.0, 10.0]  # two codes, p = 3/4, 1/4
+  stats = metrics.codebook_statistics(counts, frame_rate=50.0)  # level 2 never used
+  h = -(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25))
+  np.testing.assert_allclose(stats['entropy_bits'], [3.0, h, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(stats['perplexity'], [8.0, 2 ** h, 0.0], rtol=1e-5)
+  np.testing.assert_allclose(stats['usage'], [1.0, 0.25, 0.0])
+  np.testing.assert_allclose(stats['dead_codes'], [0, 6, 8])
+  np.testing.assert_allclose(stats['frames'], [40, 40, 0])
+  np.testing.assert_allclose(stats['entropy_kbps'], 50 * (3 + h) / 1000, rtol=1e-6)
+  np.testing.assert_allclose(stats['nominal_kbps'], 50 * 3 * 3 / 1000, rtol=1e-6)

@@ -12,6 +12,7 @@ import pytest
 from codec import checkpoint
 from codec import parallel
 from codec import train
+from conftest import read_events
 from conftest import tiny_config
 
 EXCERPT = 1600  # tiny config: 0.1 s at 16 kHz
@@ -44,7 +45,10 @@ def test_one_step_updates_both_nets_with_finite_metrics(setup):
                'codebook_loss', 'gen_grad_norm', 'disc_grad_norm', 'real_logit_mean',
                'fake_logit_mean', 'learning_rate', 'snr_db', 'amplitude_ratio'):
     assert np.isfinite(float(metrics[name])), name
-  assert metrics['codebook_usage'].shape == (3,)
+  # Codes per level: the 4 items' frames, minus the levels quantizer dropout removed.
+  counts = np.asarray(metrics["code_counts"])
+  assert counts.shape == (3, 16) and counts[0].sum() == 4 * 5  # 1600 samples / hop 320
+  assert np.all(np.diff(counts.sum(axis=1)) <= 0)
   assert float(metrics['nonfinite']) == 0.0
   # LSGAN at init: outputs near 0 give about 1 per discriminator (0 on fake, 1 on real).
   assert 0.5 < float(metrics['disc_loss']) < 1.5
@@ -145,12 +149,32 @@ def test_loop_writes_metrics_checkpoints_and_curves(two_epoch_run):
   verdicts = [json.loads(l) for l in (workdir / 'health.jsonl').read_text().splitlines()]
   assert [(v['step'], v['epoch']) for v in verdicts] == [(6, 0.5), (12, 1), (18, 1.5), (24, 2)]
   assert all(l['train_steps'] == 6 for l in lines)  # each record covers its own interval
+  for l in lines:  # every verdict comes with its codebook statistics and rate-distortion points
+    assert len(l['rd_snr_db']) == len(l['rd_mel_distance']) == 3
+    assert l['rd_mel_distance'][-1] == pytest.approx(l['mel_distance'], rel=1e-5)
+    # 4 excerpts of 0.2 s at 50 frames/s on each level; 6 steps of 4 x 5 frames, less dropout.
+    assert l['codebook_frames'] == [40.0] * 3 and l['train_codebook_frames'][0] == 6 * 4 * 5
+    for prefix in ('', 'train_'):
+      usage = l[f'{prefix}codebook_usage_per_level']
+      dead = l[f'{prefix}codebook_dead_codes_per_level']
+      assert [u * 16 + d for u, d in zip(usage, dead)] == pytest.approx([16.0] * 3)
+      assert all(1 <= p <= 16 for p in l[f'{prefix}codebook_perplexity_per_level'])
+      assert 0 < l[f'{prefix}codebook_entropy_kbps'] <= l[f'{prefix}codebook_nominal_kbps']
+    assert l['codebook_nominal_kbps'] == pytest.approx(3 * 4 * 50 / 1000)
+    assert all(x > 0 for x in l['latent_norm_per_level'] + l['codebook_norm_per_level'])
+  assert all('codebook' in {f['check'] for f in v['flags']} for v in verdicts)
   for key in ('step', 'disc_loss', 'feat_loss', 'adv_loss', 'mel_loss', 'snr_db', 'si_sdr_db',
               'amplitude_ratio', 'mel_distance', 'codebook_usage'):
     assert all(np.isfinite(l[key]) for l in lines), key
   assert (workdir / 'curves.png').stat().st_size > 0
   assert (workdir / 'config.json').exists()
-  assert list(workdir.glob('events.out.tfevents.*'))
+  # One TensorBoard run: the hyper-parameters, code histograms and the rate-distortion image are
+  # in the run's own event file, not in a second run beside it.
+  assert {p.parent for p in workdir.rglob('events.out.tfevents.*')} == {workdir}
+  tags = {tag for _, tag, _ in read_events(workdir)}
+  assert {'_hparams_/experiment', 'train/codes/level_0', 'val/codes/level_2',
+          'val/codebook_row_norms/level_1', 'val/rate_distortion', 'val/rd_snr_db/level_2',
+          'train/codebook/entropy_kbps', 'val/codebook/dead_codes_per_level/level_0'} <= tags
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps[-1] == history[-1]['step']
   assert any(p.name.isdigit() for p in (workdir / 'best').iterdir())
