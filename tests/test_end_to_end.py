@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import README_FLAGS
+from conftest import read_events
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -122,7 +123,12 @@ def _free_port() -> int:
 
 
 def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
-  """Two hosts on localhost (gloo CPU collectives, 2 devices each) vs one host with 4 devices."""
+  """Two hosts on localhost (gloo CPU collectives, 2 devices each) vs one host with 4 devices.
+
+  The first step starts from the same parameters and batch on both layouts, so its losses and
+  gradient norms (logged at once) agree to summation round-off; without the cross-host gradient
+  all-reduce each host would see only its half of the batch.
+  """
   _, one_host, _, _ = two_epoch_run
   run = tmp_path / 'two_hosts'
   address = f'127.0.0.1:{_free_port()}'
@@ -137,6 +143,14 @@ def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
                for i in range(2)]
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), [o[-3000:] for o in outputs]
+  first = lambda d: {tag: v for step, tag, v in read_events(d) if step == 1 and tag.startswith(
+      'train/') and isinstance(v, float)}
+  one, two = first(one_host), first(run)
+  names = ('disc_loss', 'gen_loss', 'mel_loss', 'feat_loss', 'adv_loss', 'gen_grad_norm',
+           'disc_grad_norm')
+  for name in names:
+    np.testing.assert_allclose(two[f'train/{name}'], one[f'train/{name}'], rtol=1e-5,
+                               err_msg=name)
   # Adam's first updates are ~lr * sign(g): gradients within round-off of zero may flip, so each
   # step may move a parameter by up to 2 lr between the two device layouts.
   for a, b in zip(_params(one_host, steps), _params(run, steps)):

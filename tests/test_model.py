@@ -126,18 +126,18 @@ def test_codes_are_the_cosine_nearest_codebook_rows(tiny):
 
 
 def test_straight_through_gradient_reaches_the_encoder(tiny):
+  """A loss on the output audio alone reaches the encoder only through the straight-through
+  estimator (the code choice has no gradient; the quantizer losses would reach it directly)."""
   _, gen, params = tiny
+  audio = jnp.sin(jnp.arange(640) * 0.05)[None] * 0.1
 
   def loss(p):
-    out = gen.apply({'params': p}, jnp.ones((1, 640)) * 0.1)
-    return jnp.mean(out.audio ** 2) + out.commitment_loss + out.codebook_loss
+    return jnp.mean((gen.apply({'params': p}, audio).audio - audio) ** 2)
 
   grads = jax.jit(jax.grad(loss))(params)
   enc = jax.tree.leaves(grads['encoder'])
-  cb = grads['quantizer']['levels_0']['codebook']
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert sum(float(jnp.sum(jnp.abs(g))) for g in enc) > 0
-  assert float(jnp.sum(jnp.abs(cb))) > 0
 
 
 @pytest.mark.parametrize('stride', [2, 3, 5, 8])
