@@ -182,12 +182,16 @@ RULES = {
     'health.disc_stuck_tolerance': number(0),
     'health.min_feat_loss': number(0),
     'health.max_feat_loss': number(0),
-    'health.grace_epochs': integer(0),
+    'health.disc_grace_steps': integer(0),
+    'health.grace_steps': integer(0),
+    'health.snr_fall_db': number(0),
     'health.min_amplitude_ratio': number(0),
     'health.max_amplitude_ratio': number(0),
     'health.green_amplitude_low': number(0),
     'health.green_amplitude_high': number(0),
     'health.amplitude_stable_pct': number(0),
+    'health.min_codebook_usage': number(0, 1),
+    'health.min_level_gain': number(0),
 }
 
 
