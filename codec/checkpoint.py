@@ -34,6 +34,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
   parts = {k: config[k].to_dict() for k in _COMPATIBILITY_FIELDS}
   parts['model'].pop('kernels', None)  # how the maths is computed, not what it computes
   parts['state_layout'] = STATE_LAYOUT
+  if config.optim.ema_decay:  # the state holds the generator's weight average too
+    parts['ema'] = True
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -129,7 +131,8 @@ class Checkpointer:
 
 
 def _restore_nets(manager: ocp.CheckpointManager, step: int):
-  """(gen_params, disc_params) of `step`, on this process's default device.
+  """(gen_params, disc_params) of `step`, on this process's default device; gen_params is the
+  generator's weight average where the run kept one (config.optim.ema_decay).
 
   The abstract target comes from the checkpoint's own metadata (shapes, dtypes) with a
   single-device sharding: the saved shardings name the devices of the machine that trained (a GPU
@@ -139,13 +142,14 @@ def _restore_nets(manager: ocp.CheckpointManager, step: int):
   metadata = manager.item_metadata(step)['state']
   tree = getattr(metadata, 'tree', metadata)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  gen = 'gen_ema' if tree.get('gen_ema') else 'gen_params'
   target = {name: jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree[name])
-            for name in ('gen_params', 'disc_params')}
+            for name in (gen, 'disc_params')}
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)))['state']
-  return state['gen_params'], state['disc_params']
+  return state[gen], state['disc_params']
 
 
 def restore_params(run_dir: str, step: int | None = None, best: bool = True):

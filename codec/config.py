@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Applied to the *sum* over discriminators, as in DAC; logs report the per-discriminator mean.
   c.loss.feat_weight = 2.0
   c.loss.adv_weight = 1.0
+  # Steps of reconstruction (+ VQ) loss alone before the adversarial and feature terms join the
+  # generator's loss; the discriminators train from step 1 either way (DAC: 0).
+  c.loss.adversarial_start_step = 0
   c.loss.mel_windows = (32, 64, 128, 256, 512, 1024, 2048)
   c.loss.mel_bins = (5, 10, 20, 40, 80, 160, 320)
   c.loss.mel_clamp = 1e-5
@@ -64,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.99
   c.optim.weight_decay = 0.01
   c.optim.lr_decay = 0.999996  # per step
+  c.optim.warmup_steps = 0  # linear learning-rate warm-up over this many updates (DAC: none)
+  # Evaluation and inference use an exponential moving average of the generator's weights with
+  # this decay per step (0: none, as DAC; codec/train.py's update_ema).
+  c.optim.ema_decay = 0.0
   c.optim.clip_generator = 1000.0
   c.optim.clip_discriminator = 10.0
   c.optim.compute_dtype = 'float32'  # or 'bfloat16'; params, optimizer state and losses stay f32

@@ -56,14 +56,23 @@ class AdamW:
   b2: float
   weight_decay: float
   clip: float  # the gradient's global norm is scaled down to this when larger
+  warmup: int = 0  # updates over which the rate rises linearly to its peak (0: none, as DAC)
 
   @classmethod
   def from_config(cls, optim: ml_collections.ConfigDict, clip: float) -> 'AdamW':
     return cls(learning_rate=optim.learning_rate, lr_decay=optim.lr_decay, b1=optim.b1,
-               b2=optim.b2, weight_decay=optim.weight_decay, clip=clip)
+               b2=optim.b2, weight_decay=optim.weight_decay, clip=clip,
+               warmup=optim.warmup_steps)
 
   def learning_rate_at(self, count: jax.Array) -> jax.Array:
-    return self.learning_rate * jnp.power(self.lr_decay, jnp.asarray(count, jnp.float32))
+    """The rate of update number count + 1: learning_rate * lr_decay ** count, times
+    (count + 1) / warmup during the warm-up (Goyal et al. 2017, arXiv:1706.02677: a high peak
+    rate without the early blow-up of Adam's first, poorly estimated moments)."""
+    count = jnp.asarray(count, jnp.float32)
+    rate = self.learning_rate * jnp.power(self.lr_decay, count)
+    if self.warmup:
+      rate = rate * jnp.minimum(1.0, (count + 1) / self.warmup)
+    return rate
 
   def init(self, params) -> AdamWState:
     zeros = lambda: jax.tree.map(jnp.zeros_like, params)

@@ -39,6 +39,14 @@ class TrainState:
   disc_params: Any
   gen_opt_state: optimizer.AdamWState
   disc_opt_state: optimizer.AdamWState
+  # The generator's weight average when config.optim.ema_decay > 0 (else None): evaluation,
+  # the best checkpoint's choice and inference use it.
+  gen_ema: Any = None
+
+  @property
+  def eval_params(self):
+    """The generator weights to evaluate and export: the average when one is kept."""
+    return self.gen_params if self.gen_ema is None else self.gen_ema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Models:
   disc_opt: optimizer.AdamW
   loss: ml_collections.FrozenConfigDict
   sample_rate: int
+  ema_decay: float = 0.0  # 0: no weight average
 
   def __hash__(self):
     return id(self)
@@ -90,7 +99,8 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -
                                                      kernels=kernels),
       gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator),
       disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator),
-      loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate)
+      loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
+      ema_decay=config.optim.ema_decay)
 
 
 def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> TrainState:
@@ -100,7 +110,16 @@ def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> 
   disc_params = models.disc.init(disc_rng, audio)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params, disc_params=disc_params,
                     gen_opt_state=models.gen_opt.init(gen_params),
-                    disc_opt_state=models.disc_opt.init(disc_params))
+                    disc_opt_state=models.disc_opt.init(disc_params),
+                    gen_ema=gen_params if models.ema_decay else None)
+
+
+def update_ema(ema, params, decay: float):
+  """Exponential moving average of the generator's weights (Yazici et al. 2019,
+  arXiv:1806.04498: averaging a GAN generator's weights smooths the oscillation of adversarial
+  training and improves the evaluated model at no training cost; Karras et al. 2018 keep one for
+  every evaluation). The average starts at the initial weights, like theirs."""
+  return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
 
 
 def _split(results):
@@ -121,8 +140,13 @@ def _reconstruction_terms(models: Models, audio: jax.Array, recon: jax.Array) ->
   return terms
 
 
-def generator_objective(models: Models, disc_params, audio, recon, commitment, codebook):
-  """The weighted generator loss (DAC's weights act on sums over discriminators) and its terms."""
+def generator_objective(models: Models, disc_params, audio, recon, commitment, codebook,
+                        adversarial=1.0):
+  """The weighted generator loss (DAC's weights act on sums over discriminators) and its terms.
+
+  adversarial: f32[] scale of the adversarial and feature-matching terms (0 during a
+  reconstruction-only phase; their values are still reported).
+  """
   cfg = models.loss
   real_logits, real_features = _split(
       models.disc.apply({'params': disc_params}, jax.lax.stop_gradient(audio)))
@@ -133,8 +157,8 @@ def generator_objective(models: Models, disc_params, audio, recon, commitment, c
   recon_total = terms['mel_loss'] + cfg.waveform_l1_weight * terms.get('waveform_l1', 0.0) + (
       cfg.stft_weight * terms.get('stft_loss', 0.0))
   vq_total = cfg.commitment_weight * commitment + cfg.codebook_weight * codebook
-  total = (cfg.recon_weight * recon_total + cfg.vq_weight * vq_total +
-           cfg.feat_weight * jnp.sum(feat) + cfg.adv_weight * jnp.sum(adv))
+  total = (cfg.recon_weight * recon_total + cfg.vq_weight * vq_total + adversarial * (
+      cfg.feat_weight * jnp.sum(feat) + cfg.adv_weight * jnp.sum(adv)))
   terms.update(gen_loss=total, adv_loss=jnp.mean(adv), feat_loss=jnp.mean(feat),
                commitment_loss=commitment, codebook_loss=codebook)
   return total, terms
@@ -163,6 +187,10 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
   A step whose losses or gradients are not finite leaves the state unchanged and reports it.
   """
   rng = jax.random.fold_in(rng, state.step)
+  # Before loss.adversarial_start_step the generator learns reconstruction alone, while the
+  # discriminator already trains on its outputs (Parallel WaveGAN, Yamamoto et al. 2020,
+  # arXiv:1910.11480, adds the adversarial loss after an STFT-loss-only phase).
+  adversarial = (state.step >= models.loss.adversarial_start_step).astype(jnp.float32)
 
   def forward(gen_params):
     out = models.gen.apply({'params': gen_params}, audio, dropout_rng=rng)
@@ -178,14 +206,17 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       disc_grads, state.disc_opt_state, state.disc_params)
 
   (_, gen_terms), output_grads = jax.value_and_grad(
-      functools.partial(generator_objective, models, disc_params), argnums=(1, 2, 3),
-      has_aux=True)(audio, recon, commitment, codebook)
+      functools.partial(generator_objective, models, disc_params, adversarial=adversarial),
+      argnums=(1, 2, 3), has_aux=True)(audio, recon, commitment, codebook)
   (gen_grads,) = gen_vjp(output_grads)
   gen_params, gen_opt_state, gen_grad_norm = models.gen_opt.update(
       gen_grads, state.gen_opt_state, state.gen_params)
 
+  gen_ema = (None if state.gen_ema is None else
+             update_ema(state.gen_ema, gen_params, models.ema_decay))
   new_state = TrainState(step=state.step + 1, gen_params=gen_params, disc_params=disc_params,
-                         gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state)
+                         gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state,
+                         gen_ema=gen_ema)
   finite = jnp.isfinite(gen_grad_norm + disc_grad_norm + gen_terms['gen_loss'] +
                         disc_metrics['disc_loss'])
 
@@ -270,7 +301,7 @@ def evaluate(eval_fn, state: TrainState, val_audio: np.ndarray, batch_size: int,
   for start in range(0, padded, batch_size):
     chunk = parallel.shard_global(audio[start:start + batch_size], mesh)
     chunk_weights = parallel.shard_global(weights[start:start + batch_size], mesh)
-    values, recon, chunk_counts = eval_fn(state.gen_params, state.disc_params, chunk,
+    values, recon, chunk_counts = eval_fn(state.eval_params, state.disc_params, chunk,
                                           chunk_weights)
     counts = chunk_counts if counts is None else counts + chunk_counts
     values, recon = jax.device_get((values, recon))
@@ -464,7 +495,7 @@ def _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step,
   start = time.time()
   val, recon, code_counts = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
   frame_rate = config.model.sample_rate / math.prod(config.model.encoder_rates)
-  codebook_norms = codebook_row_norms(state.gen_params)
+  codebook_norms = codebook_row_norms(state.eval_params)
   record = make_record(step, schedule, train_summary, val,
                        logs.codebook_fields(code_counts, frame_rate), codebook_norms)
   record['val_seconds'] = time.time() - start

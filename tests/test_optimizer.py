@@ -1,14 +1,17 @@
 """The fused AdamW against optax's clip + adamw + exponential decay + apply_if_finite chain."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from codec import optimizer
 
 OPTIM = ml_collections.ConfigDict(dict(learning_rate=1e-2, lr_decay=0.9, b1=0.8, b2=0.99,
-                                       weight_decay=0.01))
+                                       weight_decay=0.01, warmup_steps=0))
 CLIP = 3.0
 
 
@@ -69,15 +72,26 @@ def test_matches_optax_over_steps_with_clipping_and_a_skipped_step():
   assert int(state.count) == 4
 
 
-def test_clipped_first_step_moves_each_entry_by_the_learning_rate():
-  """Adam's first step is lr * g / |g| (+ weight decay) whatever the gradient's scale."""
+@pytest.mark.parametrize('warmup', [0, 4])
+def test_clipped_first_step_moves_each_entry_by_the_learning_rate(warmup):
+  """Adam's first step is lr * g / |g| (+ weight decay) whatever the gradient's scale; with a
+  warm-up over W updates, lr / W."""
   opt = optimizer.AdamW.from_config(OPTIM, CLIP)
+  opt = dataclasses.replace(opt, warmup=warmup)
+  rate = OPTIM.learning_rate / max(warmup, 1)
   params = _params(0)
   grads = jax.tree.map(lambda x: 1e3 * jnp.sign(x), _params(7))
   new, _, _ = opt.update(grads, opt.init(params), params)
   for p, g, p_new in zip(*(jax.tree.leaves(t) for t in (params, grads, new))):
-    expected = p - OPTIM.learning_rate * (jnp.sign(g) + OPTIM.weight_decay * p)
+    expected = p - rate * (jnp.sign(g) + OPTIM.weight_decay * p)
     np.testing.assert_allclose(p_new, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_rises_linearly_then_decays():
+  opt = dataclasses.replace(optimizer.AdamW.from_config(OPTIM, CLIP), warmup=4)
+  np.testing.assert_allclose(
+      [opt.learning_rate_at(n) for n in (0, 1, 3, 4, 10)],
+      [1e-2 / 4, 1e-2 * 0.9 * 2 / 4, 1e-2 * 0.9 ** 3, 1e-2 * 0.9 ** 4, 1e-2 * 0.9 ** 10], rtol=1e-6)
 
 
 def test_learning_rate_decays_per_update():

@@ -1,0 +1,66 @@
+"""Recipe options of the GAN step that DAC does not have: a reconstruction-only phase before the
+adversarial terms, and a weight average of the generator used for evaluation and inference."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from codec import checkpoint
+from codec import train
+from conftest import tiny_config
+
+EXCERPT = 1600  # tiny config: 0.1 s at 16 kHz
+EMA_DECAY = 0.5
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = tiny_config(**{'loss.adversarial_start_step': 1, 'optim.ema_decay': EMA_DECAY,
+                          'model.quantizer_dropout': 0.0})
+  models = train.make_models(config)
+  init = jax.jit(functools.partial(train.create_train_state, models, excerpt_samples=EXCERPT))
+  state, other = init(jax.random.key(0)), init(jax.random.key(5))
+  step = jax.jit(functools.partial(train.train_step, models))
+  audio = np.asarray(jax.random.normal(jax.random.key(1), (4, EXCERPT))) * 0.1
+  return config, state, other, step, audio
+
+
+def _max_diff(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_generator_ignores_the_discriminators_before_the_adversarial_start(setup):
+  """Before loss.adversarial_start_step the generator's update does not depend on the
+  discriminators' weights; from it on, it does. The discriminators train from the first step."""
+  _, state, other, step, audio = setup
+  rng = jax.random.key(2)
+  swapped = state.replace(disc_params=other.disc_params, disc_opt_state=other.disc_opt_state)
+  new, _ = step(state, audio, rng)
+  new_swapped, _ = step(swapped, audio, rng)
+  assert _max_diff(new.disc_params, state.disc_params) > 0
+  assert _max_diff(new.gen_params, new_swapped.gen_params) == 0.0
+  # Step 2 (state.step == 1) is adversarial: other discriminators, another generator update.
+  later, _ = step(new, audio, rng)
+  later_swapped, _ = step(new.replace(disc_params=other.disc_params), audio, rng)
+  assert _max_diff(later.gen_params, later_swapped.gen_params) > 0
+
+
+def test_weight_average_follows_the_generator_and_is_what_inference_loads(setup, tmp_path):
+  config, state, _, step, audio = setup
+  np.testing.assert_array_equal(jax.tree.leaves(state.gen_ema)[0],
+                                jax.tree.leaves(state.gen_params)[0])
+  new, _ = step(state, audio, jax.random.key(2))
+  expected = jax.tree.map(lambda e, p: EMA_DECAY * e + (1 - EMA_DECAY) * p, state.gen_ema,
+                          new.gen_params)
+  assert _max_diff(new.gen_ema, expected) < 1e-7
+  assert _max_diff(new.gen_ema, new.gen_params) > 0
+  assert new.eval_params is new.gen_ema
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  ckpt.save(1, new, {'next_batch': 1}, [], wait=True)
+  ckpt.close()
+  gen_params, _, _ = checkpoint.restore_params(str(tmp_path))
+  assert _max_diff(gen_params, new.gen_ema) == 0.0
+  # Resuming a run across a change of the average's presence is refused by the fingerprint.
+  assert checkpoint.fingerprint(config) != checkpoint.fingerprint(tiny_config())
