@@ -36,6 +36,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
   parts['state_layout'] = STATE_LAYOUT
   if config.optim.ema_decay:  # the state holds the generator's weight average too
     parts['ema'] = True
+  if config.optim.codebook_restart_steps:  # and the codes' use since the last restart
+    parts['code_use'] = True
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluation and inference use an exponential moving average of the generator's weights with
   # this decay per step (0: none, as DAC; codec/train.py's update_ema).
   c.optim.ema_decay = 0.0
+  # Every N steps, each level's codes that nothing picked in those N steps move onto latents of
+  # the current batch (codec/quantizer.py's restart_dead_codes; 0: never, as DAC).
+  c.optim.codebook_restart_steps = 0
   c.optim.clip_generator = 1000.0
   c.optim.clip_discriminator = 10.0
   c.optim.compute_dtype = 'float32'  # or 'bfloat16'; params, optimizer state and losses stay f32

@@ -141,6 +141,7 @@ RULES = {
     'optim.lr_decay': number(0, 1, lo_open=True),
     'optim.warmup_steps': integer(0),
     'optim.ema_decay': number(0, 1, hi_open=True),
+    'optim.codebook_restart_steps': integer(0),
     'optim.clip_generator': number(0, lo_open=True),
     'optim.clip_discriminator': number(0, lo_open=True),
     'optim.compute_dtype': choice('float32', 'bfloat16'),

@@ -55,12 +55,30 @@ class VectorQuantizer(nn.Module):
     # Diagnostics (read with mutable=['intermediates']; a no-op otherwise): the commitment loss
     # compares raw z_e and code rows, so their norms explain it. f32[B], mean over frames.
     self.sow('intermediates', 'z_e_norm', jnp.mean(jnp.linalg.norm(z_e, axis=-1), axis=-1))
+    self.sow('intermediates', 'z_e', z_e)  # f32[B, N, D]: what a dead code restarts from
     codes = self.nearest(z_e)
     z_q = jnp.take(self.codebook, codes, axis=0)
     commit = losses.commitment_loss(z_e, z_q)
     cb = losses.codebook_loss(z_e, z_q)
     z_q = z_e + jax.lax.stop_gradient(z_q - z_e)  # straight-through estimator
     return self.out_proj(z_q), codes, commit, cb
+
+
+def restart_dead_codes(codebook: jax.Array, counts: jax.Array, latents: jax.Array,
+                       rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Moves the codes nothing picked onto projected latents of the current batch.
+
+  Random restarts (Dhariwal et al. 2020, Jukebox, arXiv:2005.00341, sec. 3.2; Defossez et al.
+  2022, EnCodec, arXiv:2210.13438, replaces codes the same way): a code far from every latent is
+  never picked, so its row gets no gradient and the level spends ten bits on the few codes
+  that are; placed on a latent, a code is picked at once and learns from there.
+
+  codebook: f32[K, D]; counts: f32[K], picks since the last restart; latents: f32[M, D], the
+  level's z_e over batch and frames. Returns (codebook f32[K, D], restarted bool[K]).
+  """
+  dead = counts <= 0
+  picks = jax.random.randint(rng, counts.shape, 0, latents.shape[0])
+  return jnp.where(dead[:, None], latents[picks].astype(codebook.dtype), codebook), dead
 
 
 class ResidualVectorQuantizer(nn.Module):

@@ -28,6 +28,7 @@ from codec import losses
 from codec import metrics as metrics_lib
 from codec import optimizer
 from codec import parallel
+from codec import quantizer as rvq
 
 log = logging.getLogger('codec.train')
 
@@ -42,6 +43,9 @@ class TrainState:
   # The generator's weight average when config.optim.ema_decay > 0 (else None): evaluation,
   # the best checkpoint's choice and inference use it.
   gen_ema: Any = None
+  # f32[Q, K]: how often each code was picked since the last dead-code restart when
+  # config.optim.codebook_restart_steps > 0 (else None).
+  code_use: Any = None
 
   @property
   def eval_params(self):
@@ -59,6 +63,7 @@ class Models:
   loss: ml_collections.FrozenConfigDict
   sample_rate: int
   ema_decay: float = 0.0  # 0: no weight average
+  codebook_restart_steps: int = 0  # 0: no dead-code restarts
 
   def __hash__(self):
     return id(self)
@@ -100,7 +105,8 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -
       gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator),
       disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
-      ema_decay=config.optim.ema_decay)
+      ema_decay=config.optim.ema_decay,
+      codebook_restart_steps=config.optim.codebook_restart_steps)
 
 
 def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> TrainState:
@@ -111,7 +117,9 @@ def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> 
   return TrainState(step=jnp.zeros((), jnp.int32), gen_params=gen_params, disc_params=disc_params,
                     gen_opt_state=models.gen_opt.init(gen_params),
                     disc_opt_state=models.disc_opt.init(disc_params),
-                    gen_ema=gen_params if models.ema_decay else None)
+                    gen_ema=gen_params if models.ema_decay else None,
+                    code_use=(jnp.zeros((models.gen.n_codebooks, models.gen.codebook_size))
+                              if models.codebook_restart_steps else None))
 
 
 def update_ema(ema, params, decay: float):
@@ -120,6 +128,39 @@ def update_ema(ema, params, decay: float):
   training and improves the evaluated model at no training cost; Karras et al. 2018 keep one for
   every evaluation). The average starts at the initial weights, like theirs."""
   return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+
+def restart_dead_codes(models: Models, step: jax.Array, gen_params, gen_ema, code_use: jax.Array,
+                       latents: dict, rng: jax.Array):
+  """At every codebook_restart_steps-th step, moves each level's codes that nothing picked since
+  the last restart onto latents of this batch (quantizer.restart_dead_codes), in the weights and
+  in their average alike (an average of the old and new row would be a code nobody trained).
+
+  code_use: f32[Q, K] picks since the last restart, this step's included; latents: the
+  quantizer's sown intermediates (z_e f32[B, N, D] per level). Returns (gen_params, gen_ema,
+  code_use, codes restarted f32[]).
+  """
+  due = (step + 1) % models.codebook_restart_steps == 0
+  levels = dict(gen_params['quantizer'])
+  ema_levels = None if gen_ema is None else dict(gen_ema['quantizer'])
+  keys = jax.random.split(jax.random.fold_in(rng, 1), len(code_use))  # apart from dropout's
+  restarted = jnp.zeros((), jnp.float32)
+  for i, key in enumerate(keys):
+    name = f'levels_{i}'
+    z_e = latents[name]['z_e'][0]
+    z_e = z_e.reshape(-1, z_e.shape[-1])
+    # Nothing counts as dead between restarts, nor when the batch's latents are not finite.
+    counts = jnp.where(due & jnp.all(jnp.isfinite(z_e)), code_use[i], 1.0)
+    book, dead = rvq.restart_dead_codes(levels[name]['codebook'], counts, z_e, key)
+    levels[name] = {**levels[name], 'codebook': book}
+    if ema_levels is not None:
+      ema_levels[name] = {**ema_levels[name], 'codebook': jnp.where(
+          dead[:, None], book, ema_levels[name]['codebook'])}
+    restarted = restarted + jnp.sum(dead)
+  gen_params = {**gen_params, 'quantizer': levels}
+  if gen_ema is not None:
+    gen_ema = {**gen_ema, 'quantizer': ema_levels}
+  return gen_params, gen_ema, jnp.where(due, 0.0, code_use), restarted
 
 
 def _split(results):
@@ -193,11 +234,15 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
   adversarial = (state.step >= models.loss.adversarial_start_step).astype(jnp.float32)
 
   def forward(gen_params):
-    out = models.gen.apply({'params': gen_params}, audio, dropout_rng=rng)
-    return (out.audio, out.commitment_loss, out.codebook_loss), (out.codes, out.level_mask)
+    # The sown intermediates (the latents a dead code restarts from) cost nothing unless used.
+    out, inter = models.gen.apply({'params': gen_params}, audio, dropout_rng=rng,
+                                  mutable=['intermediates'])
+    aux = (out.codes, out.level_mask, inter['intermediates']['quantizer'])
+    return (out.audio, out.commitment_loss, out.codebook_loss), aux
 
-  (recon, commitment, codebook), gen_vjp, (codes, level_mask) = jax.vjp(
+  (recon, commitment, codebook), gen_vjp, (codes, level_mask, latents) = jax.vjp(
       forward, state.gen_params, has_aux=True)
+  code_counts = metrics_lib.code_counts(codes, models.gen.codebook_size, level_mask)
 
   (_, disc_metrics), disc_grads = jax.value_and_grad(
       functools.partial(discriminator_objective, models), has_aux=True)(
@@ -214,9 +259,14 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
 
   gen_ema = (None if state.gen_ema is None else
              update_ema(state.gen_ema, gen_params, models.ema_decay))
+  code_use, restart_metrics = state.code_use, {}
+  if code_use is not None:
+    gen_params, gen_ema, code_use, restarted = restart_dead_codes(
+        models, state.step, gen_params, gen_ema, code_use + code_counts, latents, rng)
+    restart_metrics['codes_restarted'] = restarted
   new_state = TrainState(step=state.step + 1, gen_params=gen_params, disc_params=disc_params,
                          gen_opt_state=gen_opt_state, disc_opt_state=disc_opt_state,
-                         gen_ema=gen_ema)
+                         gen_ema=gen_ema, code_use=code_use)
   finite = jnp.isfinite(gen_grad_norm + disc_grad_norm + gen_terms['gen_loss'] +
                         disc_metrics['disc_loss'])
 
@@ -231,8 +281,9 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       'snr_db': jnp.mean(metrics_lib.snr_db(audio, recon)),
       'amplitude_ratio': jnp.mean(metrics_lib.amplitude_ratio(audio, recon)),
       # f32[Q, K], summed over log intervals on device (logs.codebook_fields reads them).
-      'code_counts': metrics_lib.code_counts(codes, models.gen.codebook_size, level_mask),
+      'code_counts': code_counts,
       'nonfinite': 1.0 - finite.astype(jnp.float32),
+      **restart_metrics,
   }
   return new_state, step_metrics
 

@@ -1,5 +1,6 @@
 """Recipe options of the GAN step that DAC does not have: a reconstruction-only phase before the
-adversarial terms, and a weight average of the generator used for evaluation and inference."""
+adversarial terms, a weight average of the generator used for evaluation and inference, and
+restarts of dead codes."""
 import functools
 
 import jax
@@ -12,11 +13,13 @@ from conftest import tiny_config
 
 EXCERPT = 1600  # tiny config: 0.1 s at 16 kHz
 EMA_DECAY = 0.5
+RESTART_STEPS = 2
 
 
 @pytest.fixture(scope='module')
 def setup():
   config = tiny_config(**{'loss.adversarial_start_step': 1, 'optim.ema_decay': EMA_DECAY,
+                          'optim.codebook_restart_steps': RESTART_STEPS,
                           'model.quantizer_dropout': 0.0})
   models = train.make_models(config)
   init = jax.jit(functools.partial(train.create_train_state, models, excerpt_samples=EXCERPT))
@@ -64,3 +67,32 @@ def test_weight_average_follows_the_generator_and_is_what_inference_loads(setup,
   assert _max_diff(gen_params, new.gen_ema) == 0.0
   # Resuming a run across a change of the average's presence is refused by the fingerprint.
   assert checkpoint.fingerprint(config) != checkpoint.fingerprint(tiny_config())
+
+
+def test_dead_codes_restart_on_latents_of_the_batch_every_n_steps(setup):
+  """Codes no level picked over RESTART_STEPS steps move onto z_e rows of the restart step's
+  batch, in the weights and their average; picked codes stay where the optimizer put them."""
+  config, state, _, step, audio = setup
+  rng = jax.random.key(3)
+  first, metrics = step(state, audio, rng)
+  assert float(metrics['codes_restarted']) == 0.0  # not due at step 1
+  np.testing.assert_array_equal(first.code_use, metrics['code_counts'])
+  second, metrics = step(first, audio, rng)
+  use = np.asarray(first.code_use + metrics['code_counts'])
+  dead = use == 0
+  assert 0 < dead.sum() < dead.size and float(metrics['codes_restarted']) == dead.sum()
+  np.testing.assert_array_equal(second.code_use, 0.0)
+  _, inter = train.make_models(config).gen.apply(
+      {'params': first.gen_params}, audio, mutable=['intermediates'])
+  unrestarted, _ = step(first.replace(code_use=first.code_use + 1), audio, rng)
+  for i in range(config.model.n_codebooks):
+    name = f'levels_{i}'
+    z_e = np.asarray(inter['intermediates']['quantizer'][name]['z_e'][0]).reshape(
+        -1, config.model.codebook_dim)
+    book = np.asarray(second.gen_params['quantizer'][name]['codebook'])
+    distance = np.abs(book[dead[i]][:, None] - z_e[None]).max(-1).min(-1)  # to nearest latent
+    np.testing.assert_allclose(distance, 0.0, atol=1e-6)
+    np.testing.assert_array_equal(second.gen_ema['quantizer'][name]['codebook'][dead[i]],
+                                  book[dead[i]])
+    np.testing.assert_array_equal(
+        book[~dead[i]], unrestarted.gen_params['quantizer'][name]['codebook'][~dead[i]])
