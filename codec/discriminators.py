@@ -73,12 +73,13 @@ class BandDiscriminator(nn.Module):
       band = x[:, :, int(lo * n_bins):int(hi * n_bins)]
       stack = [((3, 9), (1, 1), ((1, 1), (4, 4)))] + [((3, 9), (1, 2), ((1, 1), (4, 4)))] * 3 + [
           ((3, 3), (1, 1), ((1, 1), (1, 1)))]
-      for i, (kernel, strides, padding) in enumerate(stack):
+      for kernel, strides, padding in stack:
         band = layers.WNConv(self.channels, kernel, strides=strides, padding=padding,
                              dtype=self.dtype, kernels=self.kernels)(band)
         band = _leaky_relu(band)
-        if i > 0:  # DAC leaves the first layer out of feature matching
-          features.append(band)
+        # Every layer, the first included, as in descript-audio-codec 1.0.0 (its later sources
+        # skip the first; tests/test_dac_parity.py holds us to the release).
+        features.append(band)
       outputs.append(band)
     x = jnp.concatenate(outputs, axis=2)
     logits = layers.WNConv(1, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
