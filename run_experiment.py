@@ -21,6 +21,20 @@ config_flags.DEFINE_config_file(
 launch.define_flags()
 
 
+def parse_flags(argv):
+  """absl's parsing, with a misspelled config field or a bad value as one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f'error: {e}\nPass --help to list the flags.') from None
+  except KeyError as e:  # ml_collections: no such field, with its "Did you mean" hint
+    detail = ' '.join(str(e.args[0] if e.args else e).split())
+    raise SystemExit(f'error: unknown config field {detail} (every field is declared in '
+                     'codec/config.py)') from None
+  except (TypeError, ValueError) as e:
+    raise SystemExit(f'error: {e}') from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; flags take the form --name=value')
@@ -29,4 +43,4 @@ def main(argv):
 
 if __name__ == '__main__':
   sys.path.insert(0, '.')
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -9,6 +9,7 @@ import ml_collections
 from codec import compute
 from codec import config_rules
 from codec import hugepages
+from codec import run_lock
 
 # flag -> (config field path, type, help)
 USER_FLAGS = {
@@ -58,6 +59,16 @@ def check_wandb(config: ml_collections.ConfigDict) -> None:
                      "run `pip install wandb` (or `pip install -e '.[wandb]'`) and log in.")
 
 
+def check_data_dirs(config: ml_collections.ConfigDict) -> None:
+  """A given --data_dir / --val_dir must be a folder (before jax is imported: a fast error)."""
+  for flag in ('data_dir', 'val_dir'):
+    path = config.data[flag]
+    if path and not os.path.isdir(os.path.expanduser(path)):
+      problem = 'is not a directory' if os.path.exists(path) else 'does not exist'
+      raise SystemExit(f'error: --{flag} (--config.data.{flag}) {path} {problem}: point it at a '
+                       'folder of audio files.')
+
+
 def run_dir(config: ml_collections.ConfigDict) -> str:
   return config.checkpoint_dir or os.path.join('runs', config.experiment_name)
 
@@ -90,6 +101,7 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
   except config_rules.ConfigError as e:
     raise SystemExit(f'error: {e}') from None
   check_wandb(config)
+  check_data_dirs(config)
   prepare_process(config)
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every file it writes at INFO
   from codec import parallel  # pylint: disable=g-import-not-at-top  (after flags: fast errors)
@@ -100,9 +112,19 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
   except ValueError as e:
     raise SystemExit(f'error: {e}') from None
   workdir = run_dir(config)
-  print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
-  print(describe_compute(config), flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  lock = None
+  if jax.process_index() == 0:  # host 0 holds it for every host of the run
+    try:
+      lock = run_lock.acquire(workdir)
+    except run_lock.RunLocked as e:
+      raise SystemExit(f'error: {e}') from None
   try:
+    print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
+    print(describe_compute(config), flush=True)
     train.train_and_evaluate(config, workdir)
   except train.TrainingStopped as e:
     raise SystemExit(f'Training stopped: {e}') from None
+  finally:
+    if lock is not None:
+      run_lock.release(lock)

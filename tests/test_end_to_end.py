@@ -54,6 +54,7 @@ def test_readme_command_line_trains_and_writes_a_run(tiny_corpus, tmp_path):
   assert all({'color', 'check', 'message'} <= set(f) for h in health for f in h['flags'])
   assert any(p.name.isdigit() for p in (run / 'checkpoints').iterdir())
   assert 'Health at step 24 (epoch 2)' in result.stdout
+  assert not (run / 'run.lock').exists()  # released at the end
 
 
 @pytest.mark.parametrize('args, message', [
@@ -73,8 +74,20 @@ def test_bad_flags_fail_before_training(args, message, tmp_path):
   assert result.returncode != 0
   assert message in result.stdout + result.stderr
   assert not (tmp_path / 'checkpoints').exists()
-  if 'must be' in message:  # a value out of range: one message, no traceback
-    assert 'Traceback' not in result.stdout + result.stderr
+  assert 'Traceback' not in result.stdout + result.stderr  # one message, no traceback
+
+
+def test_second_process_in_a_run_directory_is_refused_naming_the_first(tmp_path):
+  from codec import run_lock  # pylint: disable=g-import-not-at-top
+  with run_lock.hold(str(tmp_path)) as lock:  # this test's process owns the run directory
+    result = launch('--config', 'experiments/dac_16khz.py:tiny', '--checkpoint_dir', tmp_path,
+                    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'})
+    assert lock.exists()  # the refused process leaves the owner's lock alone
+  output = result.stdout + result.stderr
+  assert result.returncode != 0
+  assert f'process {os.getpid()} on this host' in output and str(tmp_path) in output, output
+  assert 'Traceback' not in output
+  assert not (tmp_path / 'checkpoints').exists()
 
 
 def test_use_wandb_without_wandb_says_how_to_install(tmp_path):
