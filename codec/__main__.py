@@ -1,10 +1,12 @@
-"""Command-line tools: `python -m codec {summary,encode,decode,reconstruct,evaluate} ...`.
+"""Command-line tools: `python -m codec {summary,encode,...,export-dac} ...`.
 
   summary      parameter table, counts, hop, frame rate and bitrate of a config
   encode       audio files or folders -> OUT_DIR/<name>.codes (codec/codefile.py)
   decode       code files or folders -> OUT_DIR/<name>.wav at the codec's rate, original length
   reconstruct  audio -> codes -> OUT_DIR/<name>.wav in one go
   evaluate     SNR, SI-SDR, mel distance, STOI, PESQ, amplitude at several bitrates (+ Opus)
+  import-dac   a PyTorch DAC checkpoint (.pth, as dac.DAC.save writes) -> a run directory
+  export-dac   a run directory's generator -> a .pth that dac.DAC.load reads
 
 --checkpoint takes a run directory (RUN_DIR of run_experiment.py); the best checkpoint is used
 unless --step names another. User errors (a bad path, an unreadable or incompatible file) print one
@@ -205,6 +207,33 @@ def _evaluate(args: argparse.Namespace) -> int:
   return 0
 
 
+def _import_dac(args: argparse.Namespace) -> int:
+  from codec import dac_runs  # pylint: disable=g-import-not-at-top
+  try:
+    config = dac_runs.import_dac(args.weights, args.output, args.discriminator)
+  except (ValueError, ImportError, FileNotFoundError) as error:
+    _error(str(error))
+    return 1
+  m = config.model
+  print(f'{args.output}: DAC {m.sample_rate} Hz, rates {tuple(m.encoder_rates)}, '
+        f'{m.n_codebooks} codebooks of {m.codebook_size}; discriminators '
+        f'{"from " + args.discriminator if args.discriminator else "none (a fine-tune starts fresh ones)"}')
+  return 0
+
+
+def _export_dac(args: argparse.Namespace) -> int:
+  from codec import dac_runs  # pylint: disable=g-import-not-at-top
+  from codec import inference  # pylint: disable=g-import-not-at-top
+  inference.load_run_config(args.checkpoint)  # a clear error for a wrong directory
+  try:
+    dac_runs.export_dac(args.checkpoint, args.output, args.step)
+  except (ValueError, ImportError, FileNotFoundError) as error:
+    _error(str(error))
+    return 1
+  print(f'{args.output}: load it with dac.DAC.load')
+  return 0
+
+
 # -------------------------------------------------------------------------------------------------
 # The parser.
 
@@ -270,6 +299,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--baselines', action='store_true', help='also run Opus at matched bitrates')
   p.add_argument('--out', default=None, help='results folder (default: RUN_DIR/eval)')
   p.set_defaults(run=_evaluate)
+
+  p = commands.add_parser('import-dac', help='PyTorch DAC .pth -> run directory')
+  p.add_argument('weights', metavar='WEIGHTS.pth', help='a file written by dac.DAC.save')
+  p.add_argument('-o', '--output', required=True, metavar='RUN_DIR', help='run directory to write')
+  p.add_argument('--discriminator', default=None, metavar='DISC.pth',
+                 help="DAC's trainer's discriminator (default: freshly initialised)")
+  p.set_defaults(run=_import_dac)
+
+  p = commands.add_parser('export-dac', help='run directory -> PyTorch DAC .pth')
+  p.add_argument('--checkpoint', required=True, metavar='RUN_DIR',
+                 help='run directory written by run_experiment.py or import-dac')
+  p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the best one)')
+  p.add_argument('-o', '--output', required=True, metavar='OUT.pth', help='file to write')
+  p.set_defaults(run=_export_dac)
   return parser
 
 

@@ -145,13 +145,15 @@ def _restore_nets(manager: ocp.CheckpointManager, step: int):
   tree = getattr(metadata, 'tree', metadata)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   gen = 'gen_ema' if tree.get('gen_ema') else 'gen_params'
+  # disc_params is absent from an imported generator (`python -m codec import-dac`): None then.
+  names = [gen] + (['disc_params'] if tree.get('disc_params') else [])
   target = {name: jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree[name])
-            for name in (gen, 'disc_params')}
+            for name in names}
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
       partial_restore=True)))['state']
-  return state[gen], state['disc_params']
+  return state[gen], state.get('disc_params')
 
 
 def restore_params(run_dir: str, step: int | None = None, best: bool = True):

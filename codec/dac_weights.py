@@ -216,7 +216,11 @@ def read_pth(path: str | pathlib.Path) -> tuple[dict, dict]:
   torch = _torch()
   if not pathlib.Path(path).is_file():
     raise FileNotFoundError(f'{path}: no such file')
-  blob = torch.load(path, map_location='cpu', weights_only=False)
+  try:
+    blob = torch.load(path, map_location='cpu', weights_only=False)
+  except RuntimeError as error:  # e.g. a torch.package archive: DAC.save's default package=True
+    raise ValueError(f'{path}: not a state-dict checkpoint ({str(error).splitlines()[0]}); save '
+                     'it with dac.DAC.save(path, package=False), as the released weights are')
   if not isinstance(blob, dict) or 'state_dict' not in blob:
     raise ValueError(f'{path}: not a DAC checkpoint (expected {{"state_dict": ..., "metadata": '
                      '{"kwargs": ...}}, as dac.DAC.save writes)')
@@ -228,5 +232,6 @@ def read_pth(path: str | pathlib.Path) -> tuple[dict, dict]:
 def write_pth(path: str | pathlib.Path, state: dict, kwargs: dict) -> None:
   """Writes what `dac.DAC.load` reads: {'state_dict', 'metadata': {'kwargs'}}."""
   torch = _torch()
-  tensors = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
+  # np.array: a writable copy (torch warns on read-only buffers, as the restored params are).
+  tensors = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in state.items()}
   torch.save({'state_dict': tensors, 'metadata': {'kwargs': kwargs}}, path)
