@@ -6,13 +6,18 @@ asynchronously); RUN_DIR/best keeps the one of lowest validation mel distance. T
 """
 import hashlib
 import json
+import logging
 import pathlib
 import shutil
+import time
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger('codec.checkpoint')
 
 # Fields that change parameter shapes or the meaning of the optimizer state: resuming across a
 # change of any of them is refused.
@@ -104,13 +109,22 @@ class Checkpointer:
                      metrics={'mel_distance': float(mel_distance)})
 
   def restore_latest(self, target_state):
-    """(state, data_state, history) of the latest checkpoint, or None when there is none.
+    """(state, data_state, history) of the newest checkpoint that restores, or None when none does.
 
-    `target_state` gives the structure, shapes and shardings to restore into.
+    `target_state` gives the structure, shapes and shardings to restore into. A checkpoint that
+    fails to restore (files damaged or cut short) is reported and moved to RUN_DIR/damaged/, never
+    deleted: the run resumes from the one before and can write that step again.
     """
-    step = self.latest.latest_step()
-    if step is None:
-      return None
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        return self._restore(step, target_state)
+      except IncompatibleCheckpoint:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (damage fails anywhere in Orbax)
+        self._set_aside(step, e)
+    return None
+
+  def _restore(self, step: int, target_state):
     meta = self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     if meta['fingerprint'] != self.fingerprint:
       raise IncompatibleCheckpoint(
@@ -125,6 +139,22 @@ class Checkpointer:
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
     return restored['state'], restored['data'], restored['meta']['history']
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves the unrestorable checkpoint of `step` to RUN_DIR/damaged/ (every host waits)."""
+    source = self.workdir / 'checkpoints' / str(step)
+    target = self.workdir / 'damaged' / f'checkpoint_{step}'
+    reason = ' '.join(f'{type(error).__name__}: {error}'.split())[:300]
+    log.warning(f'Skipping checkpoint {source}: it does not restore ({reason}). Moved to {target} '
+                '(not deleted); resuming from the one before.')
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      if target.exists():  # damaged twice at the same step: keep both
+        target = target.with_name(f'{target.name}_{int(time.time())}')
+      shutil.move(str(source), str(target))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'codec_set_aside_{step}')
+    self.latest.reload()
 
   def close(self) -> None:
     for manager in (self.latest, self.best):

@@ -205,6 +205,30 @@ def test_resume_continues_to_the_same_parameters(tiny_corpus, tmp_path, two_epoc
   assert _max_diff(full, again) == 0.0
 
 
+def test_damaged_latest_checkpoint_is_skipped_kept_and_rewritten(tiny_corpus, tmp_path,
+                                                                 two_epoch_run):
+  """Files of the latest checkpoint overwritten: resume from the one before, to the same end."""
+  config, full_dir, history, _ = two_epoch_run
+  workdir = tmp_path / 'damaged_run'
+  shutil.copytree(full_dir, workdir)
+  last = history[-1]['step']
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-1] == last
+  damaged = workdir / 'checkpoints' / str(last)
+  for name in ('_CHECKPOINT_METADATA', 'state/_METADATA', 'meta/metadata'):
+    (damaged / name).write_bytes(b'\xff\xfe garbage \x00' * 8)
+  resumed = train.train_and_evaluate(config, str(workdir))
+  assert [r['step'] for r in resumed] == [r['step'] for r in history]
+  log_text = (workdir / 'train.log').read_text()
+  assert f'Skipping checkpoint {damaged}' in log_text, log_text[-2000:]
+  assert f'Resumed from step {steps[-2]}' in log_text
+  kept = workdir / 'damaged' / f'checkpoint_{last}' / 'state' / '_METADATA'
+  assert kept.read_bytes().startswith(b'\xff\xfe garbage')  # never deleted
+  full, _, _ = checkpoint.restore_params(full_dir, step=last, best=False)
+  again, _, _ = checkpoint.restore_params(workdir, step=last, best=False)  # written again
+  assert _max_diff(full, again) == 0.0
+
+
 def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corpus, tmp_path,
                                                                       two_epoch_run, monkeypatch):
   _, workdir, _, _ = two_epoch_run
