@@ -71,6 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluation and inference use an exponential moving average of the generator's weights with
   # this decay per step (0: none, as DAC; codec/train.py's update_ema).
   c.optim.ema_decay = 0.0
+  # Steps at the start in which only the discriminators train (the generator's update is held
+  # back): a fresh discriminator's first random gradients then cannot damage a generator loaded
+  # by init_from (DAC: none).
+  c.optim.discriminator_warmup_steps = 0
   # Every N steps, each level's codes that nothing picked in those N steps move onto latents of
   # the current batch (codec/quantizer.py's restart_dead_codes; 0: never, as DAC).
   c.optim.codebook_restart_steps = 0
@@ -114,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.num_audio_examples = 3  # fixed validation clips logged as audio + spectrogram
   c.checkpoint_dir = ''  # empty: runs/<experiment_name>
+  # A PyTorch DAC .pth (dac.DAC.save) or one of our run directories: training starts from its
+  # generator (and its discriminators, where it has them) with fresh optimizer states, unless the
+  # run directory already holds a checkpoint to resume. Empty: random initialisation.
+  c.init_from = ''
   c.overwrite = False
   c.use_wandb = False
   # CPU backend on glibc only: the launcher re-executes itself with GLIBC_TUNABLES=

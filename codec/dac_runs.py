@@ -103,3 +103,54 @@ def export_dac(run_dir: str, output: str, step: int | None = None) -> dict:
   kwargs = dac_weights.kwargs_from_model_config(config.model)
   dac_weights.write_pth(output, state, kwargs)
   return kwargs
+
+
+# -------------------------------------------------------------------------------------------------
+# Fine-tuning: config.init_from.
+
+# Fields that do not change the parameters' shapes or meaning.
+_FREE_MODEL_FIELDS = ('kernels', 'quantizer_dropout')
+
+
+def _first_difference(ours: ml_collections.ConfigDict, theirs: ml_collections.ConfigDict,
+                      prefix: str, skip=()) -> str | None:
+  a, b = ours.to_dict(), theirs.to_dict()
+  for key in sorted(set(a) | set(b)):
+    if key in skip:
+      continue
+    norm = lambda v: json.loads(json.dumps(v))  # tuples and lists alike
+    if norm(a.get(key)) != norm(b.get(key)):
+      return f'{prefix}.{key}: this run has {a.get(key)!r}, the source {b.get(key)!r}'
+  return None
+
+
+def initial_weights(config: ml_collections.ConfigDict):
+  """(gen_params, disc_params or None) of config.init_from, a DAC .pth or one of our run
+  directories; ValueError naming the first differing field when its architecture is not this
+  config's."""
+  source = pathlib.Path(config.init_from)
+  if source.is_dir():
+    theirs = ml_collections.ConfigDict(json.loads((source / 'config.json').read_text())) if (
+        source / 'config.json').is_file() else None
+    if theirs is None:
+      raise ValueError(f'init_from={source}: no config.json there; pass a run directory or a .pth')
+    gen_params, disc_params, _ = checkpoint.restore_params(str(source))
+  elif source.is_file():
+    state, kwargs = dac_weights.read_pth(source)
+    theirs = config_for(kwargs, source)
+    gen_params = dac_weights.state_to_params(
+        state, dac_weights.generator_entries(theirs.model), source=str(source))
+    disc_params = None
+  else:
+    raise ValueError(f'init_from={source}: no such file or directory')
+  difference = _first_difference(config.model, theirs.model, 'model', _FREE_MODEL_FIELDS)
+  if difference is None and disc_params is not None:
+    difference = _first_difference(config.discriminator, theirs.discriminator, 'discriminator')
+  if difference is not None:
+    raise ValueError(f'init_from={source}: another architecture ({difference}); set the '
+                     'config to the source\'s or start from another source')
+  gen_shapes, disc_shapes = summary.param_shapes(config)
+  gen_params = _checked(gen_shapes, jax.device_get(gen_params), 'generator')
+  if disc_params is not None:
+    disc_params = _checked(disc_shapes, jax.device_get(disc_params), 'discriminator')
+  return gen_params, disc_params

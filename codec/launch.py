@@ -23,6 +23,7 @@ USER_FLAGS = {
     'feat_weight': ('loss.feat_weight', float, 'Weight of the feature-matching loss.'),
     'recon_weight': ('loss.recon_weight', float, 'Weight of the reconstruction (mel) loss.'),
     'vq_weight': ('loss.vq_weight', float, 'Weight of the commitment + codebook losses.'),
+    'init_from': ('init_from', str, 'Start from these weights: a DAC .pth or a run directory.'),
     'experiment_name': ('experiment_name', str, 'Name of the run (and of its directory).'),
     'use_wandb': ('use_wandb', bool, 'Also log to Weights & Biases (pip install wandb).'),
     'overwrite': ('overwrite', bool, 'Delete the run directory\'s checkpoints and start fresh.'),

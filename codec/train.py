@@ -19,6 +19,7 @@ import numpy as np
 from codec import checkpoint
 from codec import compute
 from codec import config_rules
+from codec import dac_runs
 from codec import data
 from codec import discriminators
 from codec import generator
@@ -64,6 +65,7 @@ class Models:
   sample_rate: int
   ema_decay: float = 0.0  # 0: no weight average
   codebook_restart_steps: int = 0  # 0: no dead-code restarts
+  discriminator_warmup_steps: int = 0  # steps that hold the generator's update back
 
   def __hash__(self):
     return id(self)
@@ -106,7 +108,8 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -
       disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
       ema_decay=config.optim.ema_decay,
-      codebook_restart_steps=config.optim.codebook_restart_steps)
+      codebook_restart_steps=config.optim.codebook_restart_steps,
+      discriminator_warmup_steps=config.optim.discriminator_warmup_steps)
 
 
 def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> TrainState:
@@ -120,6 +123,28 @@ def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> 
                     gen_ema=gen_params if models.ema_decay else None,
                     code_use=(jnp.zeros((models.gen.n_codebooks, models.gen.codebook_size))
                               if models.codebook_restart_steps else None))
+
+
+def hold_during_warmup(step: jax.Array, warmup_steps: int, updated, previous):
+  """`previous` while step < warmup_steps (only the discriminators train), else `updated`."""
+  if not warmup_steps:
+    return updated
+  return jax.tree.map(lambda new, old: jnp.where(step < warmup_steps, old, new),
+                      updated, previous)
+
+
+def start_from(models: Models, state: TrainState, gen_params, disc_params, sharding) -> TrainState:
+  """state with these weights (disc_params None: keep the fresh discriminators) and fresh
+  optimizer states, placed with `sharding`."""
+  gen_params = jax.device_put(jax.tree.map(jnp.asarray, gen_params), sharding)
+  disc_params = state.disc_params if disc_params is None else jax.device_put(
+      jax.tree.map(jnp.asarray, disc_params), sharding)
+  fresh = jax.jit(lambda g, d: (models.gen_opt.init(g), models.disc_opt.init(d)),
+                  out_shardings=sharding)
+  gen_opt_state, disc_opt_state = fresh(gen_params, disc_params)
+  return state.replace(gen_params=gen_params, disc_params=disc_params, gen_opt_state=gen_opt_state,
+                       disc_opt_state=disc_opt_state,
+                       gen_ema=None if state.gen_ema is None else gen_params)
 
 
 def update_ema(ema, params, decay: float):
@@ -256,6 +281,9 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
   (gen_grads,) = gen_vjp(output_grads)
   gen_params, gen_opt_state, gen_grad_norm = models.gen_opt.update(
       gen_grads, state.gen_opt_state, state.gen_params)
+  gen_params, gen_opt_state = hold_during_warmup(
+      state.step, models.discriminator_warmup_steps, (gen_params, gen_opt_state),
+      (state.gen_params, state.gen_opt_state))
 
   gen_ema = (None if state.gen_ema is None else
              update_ema(state.gen_ema, gen_params, models.ema_decay))
@@ -466,6 +494,8 @@ def _flush(run, pending: list, code_counts, step: int, interval: logs.IntervalAc
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Trains for config.num_epochs (resuming from workdir's checkpoints); returns the evaluations."""
   check_config(config)
+  # Read and checked against this config before anything compiles.
+  init_weights = dac_runs.initial_weights(config) if config.init_from else None
   run = logs.RunLog(workdir, config)
   mesh = parallel.make_mesh()
   datasets = data.make_datasets(
@@ -484,6 +514,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
            f'discriminator parameters: {logs.count_params(state.disc_params):,}; '
            f'devices: {jax.device_count()} ({jax.default_backend()}), hosts: {jax.process_count()}')
 
+  if init_weights is not None:  # a checkpoint of this run, if any, still wins (resume)
+    state = start_from(models, state, *init_weights, replicated)
+    run.info(f'Weights from {config.init_from}'
+             f'{"" if init_weights[1] is not None else " (generator; fresh discriminators)"}')
   ckpt = checkpoint.Checkpointer(workdir, config)
   train_iter = datasets.train_iterator()
   state, history = _restore(ckpt, state, train_iter, run)

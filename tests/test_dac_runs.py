@@ -3,13 +3,16 @@ replaced by the fixture's state dict (tests/fixtures/dac_reference.npz); the res
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from codec import __main__ as cli
+from codec import dac_runs
 from codec import dac_weights
 from codec import inference
+from codec import train
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'dac_reference.npz'
 
@@ -49,3 +52,31 @@ def test_import_of_another_architecture_names_the_file(ref, tmp_path, monkeypatc
   with pytest.raises(SystemExit):
     cli.main(['import-dac', 'weights.pth', '-o', str(tmp_path / 'x')])
   assert 'weights.pth: no quantizer.quantizers.3.in_proj' in capsys.readouterr().err
+
+
+def test_init_from_reads_pth_and_run_dirs_and_refuses_another_architecture(ref, tmp_path,
+                                                                          monkeypatch):
+  state = {k[len('g16/state/'):]: v for k, v in ref.items() if k.startswith('g16/state/')}
+  kwargs = json.loads(str(ref['g16/kwargs']))
+  monkeypatch.setattr(dac_weights, 'read_pth', lambda path: (state, kwargs))
+  pth = tmp_path / 'weights.pth'
+  pth.write_bytes(b'')
+  run = tmp_path / 'imported'
+  config = dac_runs.import_dac(str(pth), str(run))
+  expected = dac_weights.state_to_params(state, dac_weights.generator_entries(config.model))
+  for source in (pth, run):
+    config.init_from = str(source)
+    gen_params, disc_params = dac_runs.initial_weights(config)
+    assert disc_params is None  # DAC's file and the imported run hold no discriminators
+    jax.tree.map(np.testing.assert_array_equal, gen_params, expected)
+  config.model.n_codebooks = 4
+  with pytest.raises(ValueError, match=r'model\.n_codebooks: this run has 4, the source 3'):
+    dac_runs.initial_weights(config)
+
+
+def test_discriminator_warmup_holds_the_generator_update_back():
+  new, old = {'w': jnp.ones(3)}, {'w': jnp.zeros(3)}
+  for step, expected in ((0, 0.0), (1, 0.0), (2, 1.0)):
+    held = train.hold_during_warmup(jnp.asarray(step), 2, new, old)
+    np.testing.assert_array_equal(held['w'], np.full(3, expected))
+  assert train.hold_during_warmup(jnp.asarray(0), 0, new, old) is new
