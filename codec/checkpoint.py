@@ -87,6 +87,8 @@ class Checkpointer:
     if config.overwrite and jax.process_index() == 0:
       for path in (latest_dir, best_dir):
         shutil.rmtree(path, ignore_errors=True)
+    if config.overwrite and jax.process_count() > 1:  # no host opens them before host 0 is done
+      multihost_utils.sync_global_devices('codec_overwrite')
     self.latest = _manager(latest_dir, max_to_keep=config.keep_checkpoints)
     self.best = _manager(best_dir, max_to_keep=1, best_fn=lambda m: m['mel_distance'],
                          best_mode='min')

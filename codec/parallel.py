@@ -57,3 +57,9 @@ def shard_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
 def shard_global(batch: np.ndarray, mesh: Mesh) -> jax.Array:
   """Places a batch every host holds in full (e.g. the fixed validation set) on the mesh."""
   return jax.make_array_from_callback(batch.shape, batch_sharding(mesh), lambda idx: batch[idx])
+
+
+def all_processes(value: np.ndarray) -> np.ndarray:
+  """value from every host, stacked along a new first axis (a collective: every host calls it)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(value)

@@ -393,20 +393,32 @@ def evaluate(eval_fn, state: TrainState, val_audio: np.ndarray, batch_size: int,
 
 
 class _Interrupt:
-  """First Ctrl+C asks the loop to checkpoint and stop; a second one exits at once."""
+  """Ctrl+C or SIGTERM (a preemption) asks the loop to checkpoint and stop; a second one exits at
+  once."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGINT, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
   def _handle(self, signum, frame):
     if self.requested:
       raise KeyboardInterrupt
     self.requested = True
-    log.warning('Interrupted: saving a checkpoint, then stopping (Ctrl+C again to quit now).')
+    log.warning(f'{signal.Signals(signum).name}: saving a checkpoint, then stopping (Ctrl+C again '
+                'to quit now).')
+
+  def stop_now(self, log_step: bool) -> bool:
+    """Whether every host stops after this step. Across hosts a signal one host saw is shared at
+    log steps (an all-gather), so all of them reach the collective save together."""
+    if jax.process_count() == 1:
+      return self.requested
+    return log_step and bool(np.max(parallel.all_processes(np.int32(self.requested))))
 
   def restore(self):
-    signal.signal(signal.SIGINT, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 class TrainingStopped(RuntimeError):
@@ -549,12 +561,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         progress.update(1)
         # The first step of a (re)started run is logged at once: its losses say early whether the
         # run is set up right.
-        if schedule.logs(step) or step == first_step or interrupt.requested:
+        stop = interrupt.stop_now(schedule.logs(step))
+        if schedule.logs(step) or step == first_step or stop:
           _flush(run, pending, code_counts, step, interval, progress)
           code_counts = None
         if schedule.checkpoints(step):
           ckpt.save(step, state, train_iter.get_state(), history)
-        if interrupt.requested:
+        if stop:
           ckpt.save(step, state, train_iter.get_state(), history, wait=True)
           run.info(f'Saved step {step}; run the same command again to resume.')
           return history

@@ -149,6 +149,7 @@ def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
   common = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
             '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
             '--config.data.val_fraction=0.2', f'--config.max_steps={steps}', *WEIGHT_FLAGS,
+            '--overwrite',  # host 0 deletes (nothing here), both wait at a barrier
             '--config.distributed.num_processes=2',
             f'--config.distributed.coordinator_address={address}']
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
@@ -170,7 +171,8 @@ def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
     np.testing.assert_allclose(a, b, atol=steps * 2 * 1e-4 + 1e-6)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
+  """A preemption (SIGTERM) of a real training process; Ctrl+C takes the same path."""
   run = tmp_path / 'interrupted'
   process = launch('--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
                    '--checkpoint_dir', run, '--num_epochs', '50', '--config.data.val_fraction=0.2',
@@ -179,9 +181,11 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
   deadline = time.time() + 300
   while not first.exists() and process.poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  process.send_signal(signal.SIGINT)
+  process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=300)
   assert process.returncode == 0, output
+  assert 'SIGTERM: saving a checkpoint' in output, output[-3000:]
   saved = re.search(r'Saved step (\d+); run the same command again to resume', output)
   assert saved, output[-3000:]
   assert (run / 'checkpoints' / saved.group(1)).is_dir()
+  assert not (run / 'run.lock').exists()

@@ -2,7 +2,9 @@
 import functools
 import json
 import logging
+import os
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +128,20 @@ def test_silent_validation_folder_fails_before_the_first_step(tiny_corpus, tmp_p
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run' / 'checkpoints').exists() or not any(
       (tmp_path / 'run' / 'checkpoints').iterdir())
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_ask_the_loop_to_save_and_stop(signum):
+  interrupt = train._Interrupt()  # pylint: disable=protected-access
+  try:
+    assert not interrupt.stop_now(log_step=False)
+    os.kill(os.getpid(), signum)
+    assert interrupt.stop_now(log_step=False)  # one host: at once, not only at log steps
+    with pytest.raises(KeyboardInterrupt):  # a second one quits now
+      os.kill(os.getpid(), signum)
+  finally:
+    interrupt.restore()
+  assert signal.getsignal(signum) is not interrupt._handle  # pylint: disable=protected-access
 
 
 def test_schedule_evaluates_every_n_steps_and_at_the_end():
