@@ -165,3 +165,18 @@ def test_losses_match_dac(ref, disc_outputs):
   feat = losses.feature_matching_loss(real_features=[r[1] for r in d_real],
                                       fake_features=[f[1] for f in d_fake])
   _close(jnp.sum(feat), ref['loss/feature'], what='feature-matching loss')
+
+
+def test_fixture_is_what_the_installed_dac_computes(ref):
+  """Live, where torch and dac import (not in CI): the reference recomputed now equals the file."""
+  pytest.importorskip('torch')
+  pytest.importorskip('dac')
+  sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'tools'))
+  import make_dac_fixtures  # pylint: disable=g-import-not-at-top
+  live = make_dac_fixtures.reference_arrays()
+  assert live.keys() == ref.keys()
+  for k, v in live.items():
+    if isinstance(v, str):  # configs and versions
+      assert k == 'versions' or v == str(ref[k]), k
+    else:
+      np.testing.assert_allclose(v, ref[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -112,11 +112,8 @@ def _discriminator_and_losses(real: np.ndarray, fake: np.ndarray) -> dict:
   return out
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('-o', '--output', default=str(
-      pathlib.Path(__file__).resolve().parents[1] / 'tests' / 'fixtures' / 'dac_reference.npz'))
-  args = parser.parse_args()
+def reference_arrays() -> dict:
+  """Every recorded array, by name (seeded: the same on every run of one torch/dac version)."""
   torch.manual_seed(0)
   rng = np.random.default_rng(0)
   arrays = {'versions': json.dumps({'torch': torch.__version__, 'dac': dac.__version__})}
@@ -127,6 +124,15 @@ def main() -> None:
   fake = arrays['g16/decoded']
   real = arrays['g16/audio'][:, :fake.shape[-1]]
   arrays.update(_discriminator_and_losses(real, fake))
+  return arrays
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('-o', '--output', default=str(
+      pathlib.Path(__file__).resolve().parents[1] / 'tests' / 'fixtures' / 'dac_reference.npz'))
+  args = parser.parse_args()
+  arrays = reference_arrays()
   path = pathlib.Path(args.output)
   path.parent.mkdir(parents=True, exist_ok=True)
   np.savez_compressed(path, **arrays)
