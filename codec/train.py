@@ -297,6 +297,10 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
                          gen_ema=gen_ema, code_use=code_use)
   finite = jnp.isfinite(gen_grad_norm + disc_grad_norm + gen_terms['gen_loss'] +
                         disc_metrics['disc_loss'])
+  # Both nets skip together: a non-finite loss or gradient of either leaves both (and their
+  # optimizer states) as they were; only the step count moves on, with the data.
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                           state.replace(step=state.step + 1))
 
   step_metrics = {
       **gen_terms, **disc_metrics,

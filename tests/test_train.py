@@ -1,4 +1,5 @@
 """The jitted GAN step, data parallelism, the training loop, checkpoints and resume (tiny config)."""
+import dataclasses
 import functools
 import json
 import logging
@@ -69,6 +70,33 @@ def test_non_finite_step_leaves_the_state_unchanged(setup):
   _, metrics = step(new, parallel.shard_global(audio, mesh), jax.random.key(3))
   assert float(metrics['nonfinite']) == 0.0
   assert float(metrics['learning_rate']) == float(models.gen_opt.learning_rate_at(0))
+
+
+def test_one_net_non_finite_skips_both_updates(setup):
+  """The generator's gradient made non-finite, the discriminator's fine: neither net moves."""
+  models, mesh, state, _, audio = setup
+
+  class NonFinite:
+    """The generator's optimizer, fed a gradient with a NaN in it."""
+
+    def __init__(self, inner):
+      self.inner = inner
+
+    def __getattr__(self, name):
+      return getattr(self.inner, name)
+
+    def update(self, grads, opt_state, params):
+      grads = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
+      return self.inner.update(grads, opt_state, params)
+
+  poisoned = dataclasses.replace(models, gen_opt=NonFinite(models.gen_opt))
+  step = jax.jit(functools.partial(train.train_step, poisoned))
+  new, metrics = step(state, parallel.shard_global(audio, mesh), jax.random.key(2))
+  assert float(metrics['nonfinite']) == 1.0 and np.isfinite(float(metrics['disc_grad_norm']))
+  assert _max_diff(new.disc_params, state.disc_params) == 0.0
+  assert _max_diff(new.disc_opt_state, state.disc_opt_state) == 0.0
+  assert _max_diff(new.gen_params, state.gen_params) == 0.0
+  assert int(new.step) == int(state.step) + 1
 
 
 def test_state_is_replicated_and_batch_sharded_over_all_devices(setup):
