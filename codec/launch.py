@@ -1,6 +1,9 @@
 """The launcher's flags: the ones users type, mapped onto config fields, checked before training."""
+import errno
 import importlib.util
 import os
+import pathlib
+import shutil
 
 from absl import flags
 from absl import logging as absl_logging
@@ -70,6 +73,30 @@ def check_data_dirs(config: ml_collections.ConfigDict) -> None:
                        'folder of audio files.')
 
 
+def disk_full(error: BaseException) -> OSError | None:
+  """The 'No space left on device' error behind `error` (its causes and contexts), if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def disk_full_message(error: OSError, workdir: str) -> str:
+  """One message for a full disk: the path, the free space and the last complete checkpoint."""
+  free = shutil.disk_usage(workdir).free / 2**20
+  steps = [int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').glob('*') if
+           p.name.isdigit()]  # Orbax writes under a temporary name, renamed once complete
+  last = (f'the last complete checkpoint is step {max(steps)} '
+          f'({pathlib.Path(workdir) / "checkpoints" / str(max(steps))})' if steps else
+          'there is no complete checkpoint yet')
+  return (f'error: no space left on device writing {error.filename or workdir} '
+          f'({free:.0f} MiB free there); {last}. Free some space and run the same command to '
+          'resume.')
+
+
 def run_dir(config: ml_collections.ConfigDict) -> str:
   return config.checkpoint_dir or os.path.join('runs', config.experiment_name)
 
@@ -126,6 +153,11 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
     train.train_and_evaluate(config, workdir)
   except train.TrainingStopped as e:
     raise SystemExit(f'Training stopped: {e}') from None
+  except Exception as e:  # pylint: disable=broad-except
+    full = disk_full(e)
+    if full is None:
+      raise
+    raise SystemExit(disk_full_message(full, workdir)) from None
   finally:
     if lock is not None:
       run_lock.release(lock)

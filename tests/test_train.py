@@ -273,6 +273,33 @@ def test_damaged_latest_checkpoint_is_skipped_kept_and_rewritten(tiny_corpus, tm
   assert _max_diff(full, again) == 0.0
 
 
+def test_full_disk_at_a_checkpoint_write_is_one_message(tmp_path, two_epoch_run, monkeypatch):
+  """ENOSPC injected at the checkpoint write of a resumed run: the launcher's one message names
+  the path, the free space and the last complete checkpoint, which stays."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from codec import launch  # pylint: disable=g-import-not-at-top
+  config, full_dir, history, _ = two_epoch_run
+  workdir = tmp_path / 'full_disk'
+  shutil.copytree(full_dir, workdir)
+  last = history[-1]['step']
+  shutil.rmtree(workdir / 'checkpoints' / str(last))
+  before = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+
+  def no_space(self, step, *args, **kwargs):
+    target = self.workdir / 'checkpoints' / str(step)
+    raise OSError(errno.ENOSPC, 'No space left on device', str(target))
+
+  monkeypatch.setattr(checkpoint.Checkpointer, 'save', no_space)
+  with pytest.raises(OSError) as caught:
+    train.train_and_evaluate(config, str(workdir))
+  message = launch.disk_full_message(launch.disk_full(caught.value), str(workdir))
+  assert f'no space left on device writing {workdir / "checkpoints" / str(last)}' in message
+  assert 'MiB free there' in message
+  assert f'last complete checkpoint is step {before[-1]}' in message, message
+  assert before == sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                          if p.name.isdigit())  # nothing complete removed
+
+
 def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corpus, tmp_path,
                                                                       two_epoch_run, monkeypatch):
   _, workdir, _, _ = two_epoch_run
