@@ -3,7 +3,9 @@ import errno
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
+import sys
 
 from absl import flags
 from absl import logging as absl_logging
@@ -73,18 +75,28 @@ def check_data_dirs(config: ml_collections.ConfigDict) -> None:
                        'folder of audio files.')
 
 
-def disk_full(error: BaseException) -> OSError | None:
-  """The 'No space left on device' error behind `error` (its causes and contexts), if any."""
+def disk_full(error: BaseException) -> BaseException | None:
+  """The 'No space left on device' error behind `error` (its causes and contexts), if any: an
+  OSError, or the ValueError Orbax raises from TensorStore's failed write."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
       return error
+    if 'No space left on device' in str(error):
+      return error
     error = error.__cause__ or error.__context__
   return None
 
 
-def disk_full_message(error: OSError, workdir: str) -> str:
+def _failed_path(error: BaseException, workdir: str) -> str:
+  if getattr(error, 'filename', None):
+    return error.filename
+  found = re.search(r'Failed writing: "([^"]+)"|local file "([^"]+)"', str(error))
+  return next((g for g in found.groups() if g), workdir) if found else workdir
+
+
+def disk_full_message(error: BaseException, workdir: str) -> str:
   """One message for a full disk: the path, the free space and the last complete checkpoint."""
   free = shutil.disk_usage(workdir).free / 2**20
   steps = [int(p.name) for p in (pathlib.Path(workdir) / 'checkpoints').glob('*') if
@@ -92,7 +104,7 @@ def disk_full_message(error: OSError, workdir: str) -> str:
   last = (f'the last complete checkpoint is step {max(steps)} '
           f'({pathlib.Path(workdir) / "checkpoints" / str(max(steps))})' if steps else
           'there is no complete checkpoint yet')
-  return (f'error: no space left on device writing {error.filename or workdir} '
+  return (f'error: no space left on device writing {_failed_path(error, workdir)} '
           f'({free:.0f} MiB free there); {last}. Free some space and run the same command to '
           'resume.')
 
@@ -151,13 +163,19 @@ def run(config: ml_collections.ConfigDict, flag_values) -> None:
     print(f'Resolved config (run directory {workdir}):\n{config}', flush=True)
     print(describe_compute(config), flush=True)
     train.train_and_evaluate(config, workdir)
+    return
   except train.TrainingStopped as e:
     raise SystemExit(f'Training stopped: {e}') from None
   except Exception as e:  # pylint: disable=broad-except
     full = disk_full(e)
     if full is None:
       raise
-    raise SystemExit(disk_full_message(full, workdir)) from None
+    message = disk_full_message(full, workdir)
   finally:
     if lock is not None:
       run_lock.release(lock)
+  # A full disk: the message alone, then out at once. A normal exit would let Orbax's writer
+  # threads report the same failure thousands of times while the interpreter shuts down.
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access

@@ -300,6 +300,25 @@ def test_full_disk_at_a_checkpoint_write_is_one_message(tmp_path, two_epoch_run,
                           if p.name.isdigit())  # nothing complete removed
 
 
+def test_full_disk_is_recognised_in_orbax_tensorstore_errors(tmp_path):
+  """What a real full tmpfs gave: TensorStore's failed write, as a ValueError, behind another."""
+  from codec import launch  # pylint: disable=g-import-not-at-top
+  target = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp' / 'state' / 'd' / 'x'
+  orbax_error = ValueError(f'RESOURCE_EXHAUSTED: Error writing local file "{target}": Failed to '
+                           "write 234121 bytes to file 14: No space left on device "
+                           "[os_error_code='28']")
+  try:
+    try:
+      raise orbax_error
+    except ValueError as e:
+      raise RuntimeError('save failed') from e
+  except RuntimeError as e:
+    outer = e
+  assert launch.disk_full(outer) is orbax_error
+  assert f'writing {target} (' in launch.disk_full_message(orbax_error, str(tmp_path))
+  assert launch.disk_full(RuntimeError('another failure')) is None
+
+
 def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corpus, tmp_path,
                                                                       two_epoch_run, monkeypatch):
   _, workdir, _, _ = two_epoch_run
