@@ -282,7 +282,8 @@ def test_reference_discriminator_layout():
   shapes = jax.eval_shape(disc.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8000), jnp.float32))
   results = jax.eval_shape(disc.apply, shapes, jax.ShapeDtypeStruct((1, 8000), jnp.float32))
   assert len(results) == 8
-  assert [len(f) for _, f in results] == [5] * 5 + [20] * 3
+  # Band discriminators: 5 bands x 5 convs, the first included (DAC 1.0.0, tests/test_dac_parity.py).
+  assert [len(f) for _, f in results] == [5] * 5 + [25] * 3
 
 
 # Relative RMS error of each conv path (output, dx and dw) against a float64 direct sum of the
