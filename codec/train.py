@@ -125,12 +125,16 @@ def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> 
                               if models.codebook_restart_steps else None))
 
 
+def _where(keep_new: jax.Array, new, old):
+  """Leaf by leaf, `new` where keep_new (bool[]) else `old`: a skipped update in the jitted step."""
+  return jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, old)
+
+
 def hold_during_warmup(step: jax.Array, warmup_steps: int, updated, previous):
   """`previous` while step < warmup_steps (only the discriminators train), else `updated`."""
   if not warmup_steps:
     return updated
-  return jax.tree.map(lambda new, old: jnp.where(step < warmup_steps, old, new),
-                      updated, previous)
+  return _where(step >= warmup_steps, updated, previous)
 
 
 def start_from(models: Models, state: TrainState, gen_params, disc_params, sharding) -> TrainState:
@@ -299,8 +303,7 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
                         disc_metrics['disc_loss'])
   # Both nets skip together: a non-finite loss or gradient of either leaves both (and their
   # optimizer states) as they were; only the step count moves on, with the data.
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
-                           state.replace(step=state.step + 1))
+  new_state = _where(finite, new_state, state.replace(step=state.step + 1))
 
   step_metrics = {
       **gen_terms, **disc_metrics,
