@@ -364,7 +364,10 @@ class TrainIterator:
     if not flags.FLAGS.is_parsed():
       # grain's worker start-up reads absl flags; a script without absl.app has not parsed them.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=self._prefetch))
+    # Each worker reads with as many threads as the training process does without workers, so
+    # one worker delivers what no worker did, and each added worker adds to it.
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self._prefetch,
+                                              prefetch_buffer_size=self._prefetch))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=self._num_workers, per_worker_buffer_size=max(self._prefetch, 1)))
     # Own copies: grain hands over shared-memory arrays, which leak if still alive at exit.
