@@ -52,3 +52,30 @@ def test_table_has_a_row_per_run_a_mean_per_variant_and_opus():
   lines = recipe.format_table(runs, opus).splitlines()
   assert [l.split()[0] for l in lines[2:]] == ['base', 'base', 'base', 'opus']
   assert '2.000+-1.000' in lines[4]  # SNR over the two seeds
+
+
+def _load_bench(name):
+  spec = importlib.util.spec_from_file_location(name, ROOT / 'bench' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_curves_read_back_what_tensorboard_wrote_even_from_a_cut_file(tmp_path):
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  curves = _load_bench('curves')
+  writer = SummaryWriter(str(tmp_path))
+  for step in (50, 100, 150):
+    writer.add_scalar('train/mel_loss', 4.0 - step / 100, step)
+  writer.add_scalar('val/mel_distance', 2.5, 150)
+  writer.close()
+  start, scalars = curves.read_scalars(tmp_path)
+  assert [(s, round(v, 6)) for _, s, v in scalars['train/mel_loss']] == [
+      (50, 3.5), (100, 3.0), (150, 2.5)]
+  assert [v for _, _, v in scalars['val/mel_distance']] == [2.5]
+  assert start <= min(t for t, _, _ in scalars['train/mel_loss'])
+  # A run killed mid-write leaves a partial last record: the complete ones still read.
+  (path,) = tmp_path.glob('events.out.tfevents.*')
+  path.write_bytes(path.read_bytes()[:-10])
+  _, cut = curves.read_scalars(tmp_path)
+  assert len(cut['train/mel_loss']) + len(cut['val/mel_distance']) == 3
