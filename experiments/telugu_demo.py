@@ -19,7 +19,10 @@ from experiments import dac_16khz
 
 
 def get_config(arg: str = ''):
-  c = dac_16khz.get_config(arg)
+  """'' (the demo), 'long' (the same recipe for 16 epochs) or 'tiny' (for tests)."""
+  if arg not in ('', 'long', 'tiny'):
+    raise ValueError(f'unknown variant {arg!r} of telugu_demo.py; use no variant, :long or :tiny')
+  c = dac_16khz.get_config('tiny' if arg == 'tiny' else '')
   c.experiment_name = 'telugu_demo'
   # The demo corpus is short clips of continuous speech: tiling covers each once per epoch.
   c.data.salient_excerpts = False
@@ -40,4 +43,9 @@ def get_config(arg: str = ''):
   c.log_every_steps = 50
   c.eval_every_steps = 0  # a verdict at each epoch end (830 steps on the shipped corpus)
   c.checkpoint_every_steps = 200
+  if arg == 'long':
+    # 13,280 steps: at the demo's step time on 2 idle cores (0.37 s, bench/recipe.py runs of
+    # 2026-12-03) about 82 minutes of steps plus 16 evaluations, inside a 2-hour budget.
+    c.experiment_name = 'telugu_demo_long'
+    c.num_epochs = 16
   return c

@@ -23,6 +23,16 @@ def test_shipped_experiments_pass(module, variant):
   assert config_rules.problems(module.get_config(variant)) == []
 
 
+def test_long_demo_is_the_demo_recipe_trained_longer():
+  demo, long = telugu_demo.get_config(''), telugu_demo.get_config('long')
+  assert config_rules.problems(long) == []
+  assert long.num_epochs > demo.num_epochs
+  long.num_epochs, long.experiment_name = demo.num_epochs, demo.experiment_name
+  assert long.to_dict() == demo.to_dict()
+  with pytest.raises(ValueError, match=':long'):
+    telugu_demo.get_config('longer')
+
+
 def _bad_candidates(value):
   """Values some rule of a field of this kind must refuse (none for free text and booleans)."""
   if isinstance(value, bool) or (isinstance(value, str) and not value):
