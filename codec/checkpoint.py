@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run: both nets, both optimizer states, step, data-iterator state, history.
+"""Orbax checkpoints of a run: both nets, both optimizer states, step, data-iterator state, history,
+and the training records' accumulators (steps since the last evaluation and log, for logs.py).
 
 RUN_DIR/checkpoints keeps the latest `keep_checkpoints` (every N steps and each epoch end, written
 asynchronously); RUN_DIR/best keeps the one of lowest validation mel distance. The per-step RNG is
@@ -93,25 +94,31 @@ class Checkpointer:
     self.best = _manager(best_dir, max_to_keep=1, best_fn=lambda m: m['mel_distance'],
                          best_mode='min')
 
-  def _args(self, state, data_state, history):
-    meta = {'fingerprint': self.fingerprint, 'history': history}
+  def _args(self, state, data_state, history, records):
+    # The records' accumulators go in the same step directory as the state: Orbax renames it
+    # into place whole, so they are complete exactly when the state is.
+    meta = {'fingerprint': self.fingerprint, 'history': history, 'records': records}
     return ocp.args.Composite(state=ocp.args.PyTreeSave(state),
                               data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta))
 
-  def save(self, step: int, state, data_state: dict, history: list, wait: bool = False) -> None:
+  def save(self, step: int, state, data_state: dict, history: list, records: dict | None = None,
+           wait: bool = False) -> None:
+    """records: JSON of the training records' accumulators at `step` (train.py), or None."""
     if step not in self.latest.all_steps():
-      self.latest.save(step, args=self._args(state, data_state, history))
+      self.latest.save(step, args=self._args(state, data_state, history, records))
     if wait:
       self.latest.wait_until_finished()
 
   def save_best(self, step: int, state, data_state: dict, history: list,
-                mel_distance: float) -> None:
+                mel_distance: float, records: dict | None = None) -> None:
     if step not in self.best.all_steps():
-      self.best.save(step, args=self._args(state, data_state, history),
+      self.best.save(step, args=self._args(state, data_state, history, records),
                      metrics={'mel_distance': float(mel_distance)})
 
   def restore_latest(self, target_state):
-    """(state, data_state, history) of the newest checkpoint that restores, or None when none does.
+    """(state, data_state, history, records) of the newest checkpoint that restores, or None when
+    none does. records: the accumulators `save` was given; None in a checkpoint written before
+    they were saved.
 
     `target_state` gives the structure, shapes and shardings to restore into. A checkpoint that
     fails to restore (files damaged or cut short) is reported and moved to RUN_DIR/damaged/, never
@@ -140,7 +147,8 @@ class Checkpointer:
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
         data=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['data'], restored['meta']['history']
+    meta = restored['meta']
+    return restored['state'], restored['data'], meta['history'], meta.get('records')
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves the unrestorable checkpoint of `step` to RUN_DIR/damaged/ (every host waits)."""

@@ -60,14 +60,49 @@ def codebook_fields(code_counts: np.ndarray, frame_rate: float, prefix: str = ''
   }
 
 
+def steps_to_json(fetched: list[dict]) -> dict:
+  """Fetched step metrics (scalars) as JSON columns {key: {'dtype', 'values'}}: the same values
+  and dtypes come back (`steps_from_json`), so means over them are bit for bit the same."""
+  if not fetched:
+    return {}
+  return {k: {'dtype': np.asarray(fetched[0][k]).dtype.name,
+              'values': [float(m[k]) for m in fetched]} for k in fetched[0]}
+
+
+def steps_from_json(columns: dict) -> list[dict]:
+  arrays = {k: np.asarray(c['values'], c['dtype']) for k, c in columns.items()}
+  count = len(next(iter(arrays.values()))) if arrays else 0
+  return [{k: a[i] for k, a in arrays.items()} for i in range(count)]
+
+
+def array_to_json(array) -> dict | None:
+  """An array (code counts f32[Q, K]) or None, as JSON that restores it exactly."""
+  if array is None:
+    return None
+  array = np.asarray(array)
+  return {'dtype': array.dtype.name, 'values': array.tolist()}
+
+
+def array_from_json(saved: dict | None):
+  return None if saved is None else np.asarray(saved['values'], saved['dtype'])
+
+
 class IntervalAccumulator:
   """Means over the steps since the last evaluation; min and max of the discriminator loss; the
-  interval's code counts (train_codebook_* fields)."""
+  interval's code counts (train_codebook_* fields). Saved with every checkpoint (`to_json`), so
+  the first record after a resume covers its whole interval."""
 
-  def __init__(self, frame_rate: float):
+  def __init__(self, frame_rate: float, steps: list[dict] = (), code_counts=None):
     self.frame_rate = frame_rate
-    self.steps: list[dict] = []
-    self.code_counts = None  # f32[Q, K]
+    self.steps: list[dict] = list(steps)
+    self.code_counts = code_counts  # f32[Q, K]
+
+  def to_json(self) -> dict:
+    return {'steps': steps_to_json(self.steps), 'code_counts': array_to_json(self.code_counts)}
+
+  @classmethod
+  def from_json(cls, frame_rate: float, saved: dict) -> 'IntervalAccumulator':
+    return cls(frame_rate, steps_from_json(saved['steps']), array_from_json(saved['code_counts']))
 
   def add(self, fetched: list[dict], code_counts: np.ndarray) -> None:
     self.steps.extend(fetched)
@@ -223,9 +258,18 @@ class RunLog:
     write_curves(self.dir / 'metrics.jsonl', self.dir / 'curves.png')
 
   def rewrite_history(self, history: list[dict]) -> None:
-    """After a resume: metrics.jsonl holds exactly the evaluations of the restored checkpoint."""
-    if self.is_writer:
-      (self.dir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in history))
+    """After a resume: metrics.jsonl and health.jsonl hold exactly the evaluations of the restored
+    checkpoint (a run killed after an evaluation but before its checkpoint was complete wrote
+    lines that the resumed run writes again)."""
+    if not self.is_writer:
+      return
+    (self.dir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in history))
+    verdicts = self.dir / 'health.jsonl'
+    if verdicts.exists():
+      steps = {r['step'] for r in history}
+      kept = [line for line in verdicts.read_text().splitlines(keepends=True)
+              if line.strip() and json.loads(line)['step'] in steps]
+      verdicts.write_text(''.join(kept))
 
   def report_health(self, record: dict, flags) -> pathlib.Path:
     """Prints and records the verdict; on a red flag writes the report. Returns the report's path."""

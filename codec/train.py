@@ -480,19 +480,38 @@ class Schedule:
     return step % self.checkpoint_every == 0 and not self.evaluates(step)
 
 
-def _restore(ckpt, state, train_iter, run):
-  """(state, history) from the run directory's latest checkpoint, or the given state and []."""
+def _records_state(interval: logs.IntervalAccumulator, pending: list, code_counts) -> dict:
+  """The records' accumulators as JSON, saved with a checkpoint: the evaluation interval's steps
+  and codes, and the log interval's steps and codes not fetched yet (see `_flush`). A run resumed
+  from the checkpoint then writes the records an uninterrupted run writes."""
+  pending, code_counts = jax.device_get((pending, code_counts))
+  return {'interval': interval.to_json(), 'pending': logs.steps_to_json(pending),
+          'pending_code_counts': logs.array_to_json(code_counts)}
+
+
+def _restore(ckpt, state, train_iter, run, frame_rate: float):
+  """From the run directory's latest checkpoint (else the given state, nothing accumulated):
+  (state, history, interval accumulator, pending step metrics, pending code counts f32[Q, K])."""
   restored = ckpt.restore_latest(state)
   if restored is None:
-    return state, []
-  state, data_state, history = restored
+    return state, [], logs.IntervalAccumulator(frame_rate), [], None
+  state, data_state, history, records = restored
+  step = int(state.step)
   # A run stopped by max_steps evaluates its last step off the schedule; resuming drops that record
-  # (the next regular evaluation covers its steps).
+  # (its checkpoint kept the accumulators, so the next regular evaluation covers its steps).
   history = [r for r in history if not r['partial']]
   train_iter.set_state(data_state)
   run.rewrite_history(history)
-  run.info(f'Resumed from step {int(state.step)} in {run.dir}')
-  return state, history
+  run.info(f'Resumed from step {step} in {run.dir}')
+  if records is None:
+    if not history or history[-1]['step'] != step:  # else nothing had accumulated
+      run.info(f'Note: checkpoint {step} was written without the records\' accumulators (an '
+               'older version): the next record in metrics.jsonl averages only the steps from '
+               f'{step + 1} on.')
+    return state, history, logs.IntervalAccumulator(frame_rate), [], None
+  interval = logs.IntervalAccumulator.from_json(frame_rate, records['interval'])
+  return (state, history, interval, logs.steps_from_json(records['pending']),
+          logs.array_from_json(records['pending_code_counts']))
 
 
 def _flush(run, pending: list, code_counts, step: int, interval: logs.IntervalAccumulator,
@@ -539,7 +558,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
              f'{"" if init_weights[1] is not None else " (generator; fresh discriminators)"}')
   ckpt = checkpoint.Checkpointer(workdir, config)
   train_iter = datasets.train_iterator()
-  state, history = _restore(ckpt, state, train_iter, run)
+  frame_rate = config.model.sample_rate / models.gen.hop_length
+  state, history, interval, pending, code_counts = _restore(ckpt, state, train_iter, run,
+                                                            frame_rate)
   step_fn = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                     out_shardings=(replicated, replicated))
   # Replicated outputs: every host can read the validation results (multi-host included).
@@ -549,9 +570,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   interrupt = _Interrupt()
   step = int(state.step)
   first_step = step + 1
-  frame_rate = config.model.sample_rate / models.gen.hop_length
-  interval = logs.IntervalAccumulator(frame_rate)
-  pending, code_counts = [], None
   try:
     while step < schedule.total_steps:
       epoch = schedule.epoch_of(step + 1)
@@ -573,15 +591,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
           _flush(run, pending, code_counts, step, interval, progress)
           code_counts = None
         if schedule.checkpoints(step):
-          ckpt.save(step, state, train_iter.get_state(), history)
+          ckpt.save(step, state, train_iter.get_state(), history,
+                    _records_state(interval, pending, code_counts))
         if stop:
-          ckpt.save(step, state, train_iter.get_state(), history, wait=True)
+          ckpt.save(step, state, train_iter.get_state(), history,
+                    _records_state(interval, pending, code_counts), wait=True)
           run.info(f'Saved step {step}; run the same command again to resume.')
           return history
         if schedule.evaluates(step):
           progress.clear()
+          # The evaluation's checkpoint starts the next interval, but for an evaluation off the
+          # schedule (the last step of a max_steps run): a resume drops that record, and the
+          # next regular one covers its steps.
+          carried = interval if not schedule.on_schedule(step) else logs.IntervalAccumulator(
+              frame_rate)
           record = _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step,
-                             interval.summary(), history, train_iter)
+                             interval.summary(), history, train_iter,
+                             _records_state(carried, [], None))
           interval = logs.IntervalAccumulator(frame_rate)
           history.append(record)
           _judge(run, history, config)
@@ -595,8 +621,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
 
 def _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step, train_summary,
-              history, train_iter) -> dict:
-  """Validation, logs and checkpoints after `step`; returns the evaluation's record."""
+              history, train_iter, records: dict) -> dict:
+  """Validation, logs and checkpoints after `step` (records: the accumulators to save with
+  them); returns the evaluation's record."""
   start = time.time()
   val, recon, code_counts = evaluate(eval_fn, state, datasets.val_audio, config.batch_size, mesh)
   frame_rate = config.model.sample_rate / math.prod(config.model.encoder_rates)
@@ -607,8 +634,9 @@ def _evaluate(run, ckpt, eval_fn, state, datasets, config, mesh, schedule, step,
   run.log_evaluation(record, datasets.val_audio, recon, config.model.sample_rate,
                      config.num_audio_examples, first=not history, code_counts=code_counts,
                      frame_rate=frame_rate, codebook_norms=codebook_norms)
-  ckpt.save(step, state, train_iter.get_state(), history + [record])
-  ckpt.save_best(step, state, train_iter.get_state(), history + [record], val['mel_distance'])
+  ckpt.save(step, state, train_iter.get_state(), history + [record], records)
+  ckpt.save_best(step, state, train_iter.get_state(), history + [record], val['mel_distance'],
+                 records)
   return record
 
 

@@ -79,6 +79,19 @@ def read_events(run_dir) -> list[tuple[int, str, object]]:
   return out
 
 
+# The fields of a metrics.jsonl record that measure wall-clock time: the only ones in which a
+# resumed run's records may differ from an uninterrupted run's.
+WALL_CLOCK_FIELDS = ('val_seconds',)
+
+
+def records_of(run_dir) -> list[dict]:
+  """run_dir's metrics.jsonl, without the wall-clock fields."""
+  import json  # pylint: disable=g-import-not-at-top
+  lines = (pathlib.Path(run_dir) / 'metrics.jsonl').read_text().splitlines()
+  return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK_FIELDS}
+          for line in lines]
+
+
 # The loss weights and learning rate README's command line sets. Every tiny training run of the
 # suite, in-process or launched, uses them: the same step then compiles once and later runs read
 # it from the compilation cache.

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import README_FLAGS
 from conftest import read_events
+from conftest import records_of
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -108,11 +109,14 @@ def _params(run_dir, step):
 
 def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(two_epoch_run, tiny_corpus,
                                                                   tmp_path):
+  """Killed after a checkpoint between two evaluations, then the same command: the parameters
+  and every record of metrics.jsonl (the training interval's means, min and max, code counts)
+  equal the uninterrupted run's, but for the wall-clock fields."""
   config, full_dir, history, _ = two_epoch_run
   run = tmp_path / 'killed'
   args = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
           '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
-          '--config.data.val_fraction=0.2', *WEIGHT_FLAGS]
+          '--config.eval_every_steps=6', '--config.data.val_fraction=0.2', *WEIGHT_FLAGS]
   process = launch(*args, wait=False)
   first = run / 'checkpoints' / '3'
   deadline = time.time() + 300
@@ -127,6 +131,8 @@ def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(two_epoch_run,
   assert 'Resumed from step' in result.stdout
   for a, b in zip(_params(full_dir, final_step), _params(run, final_step)):
     np.testing.assert_array_equal(a, b)
+  assert records_of(run) == records_of(full_dir)
+  assert (run / 'health.jsonl').read_text() == (full_dir / 'health.jsonl').read_text()
 
 
 def _free_port() -> int:

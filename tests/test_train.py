@@ -16,6 +16,7 @@ from codec import checkpoint
 from codec import parallel
 from codec import train
 from conftest import read_events
+from conftest import records_of
 from conftest import tiny_config
 
 EXCERPT = 1600  # tiny config: 0.1 s at 16 kHz
@@ -233,7 +234,8 @@ def test_no_recompilation_across_steps_epochs_and_validation(two_epoch_run):
 
 
 def test_resume_continues_to_the_same_parameters(tiny_corpus, tmp_path, two_epoch_run):
-  """Stopping after epoch 1 and restarting gives exactly the uninterrupted run's parameters."""
+  """Stopping after epoch 1 and restarting gives exactly the uninterrupted run's parameters and
+  records (the stopped run's checkpoint keeps the steps of its dropped off-schedule record)."""
   config, full_dir, history, _ = two_epoch_run
   steps_per_epoch = next(r['step'] for r in history if r['epoch'] == 1)
   workdir = tmp_path / 'resumed'
@@ -247,11 +249,17 @@ def test_resume_continues_to_the_same_parameters(tiny_corpus, tmp_path, two_epoc
   full, _, _ = checkpoint.restore_params(full_dir, step=history[-1]['step'], best=False)
   again, _, _ = checkpoint.restore_params(workdir, step=history[-1]['step'], best=False)
   assert _max_diff(full, again) == 0.0
+  assert records_of(workdir) == records_of(full_dir)
+  assert (workdir / 'health.jsonl').read_text() == (full_dir / 'health.jsonl').read_text()
 
 
 def test_damaged_latest_checkpoint_is_skipped_kept_and_rewritten(tiny_corpus, tmp_path,
                                                                  two_epoch_run):
-  """Files of the latest checkpoint overwritten: resume from the one before, to the same end."""
+  """Files of the latest checkpoint overwritten: resume from the one before, to the same end.
+
+  The one before is made a checkpoint of an older version (no records' accumulators in its
+  metadata): it restores, with a note that the next record covers only the steps after it.
+  """
   config, full_dir, history, _ = two_epoch_run
   workdir = tmp_path / 'damaged_run'
   shutil.copytree(full_dir, workdir)
@@ -261,11 +269,18 @@ def test_damaged_latest_checkpoint_is_skipped_kept_and_rewritten(tiny_corpus, tm
   damaged = workdir / 'checkpoints' / str(last)
   for name in ('_CHECKPOINT_METADATA', 'state/_METADATA', 'meta/metadata'):
     (damaged / name).write_bytes(b'\xff\xfe garbage \x00' * 8)
+  older = workdir / 'checkpoints' / str(steps[-2]) / 'meta' / 'metadata'
+  meta = json.loads(older.read_text())
+  assert meta.pop('records')['interval']['steps']  # mid-interval: steps had accumulated
+  older.write_text(json.dumps(meta))
   resumed = train.train_and_evaluate(config, str(workdir))
   assert [r['step'] for r in resumed] == [r['step'] for r in history]
   log_text = (workdir / 'train.log').read_text()
   assert f'Skipping checkpoint {damaged}' in log_text, log_text[-2000:]
   assert f'Resumed from step {steps[-2]}' in log_text
+  assert (f'Note: checkpoint {steps[-2]} was written without the records\' accumulators'
+          in log_text)
+  assert resumed[-1]['train_steps'] == last - steps[-2] < history[-1]['train_steps']
   kept = workdir / 'damaged' / f'checkpoint_{last}' / 'state' / '_METADATA'
   assert kept.read_bytes().startswith(b'\xff\xfe garbage')  # never deleted
   full, _, _ = checkpoint.restore_params(full_dir, step=last, best=False)
