@@ -268,7 +268,7 @@ class RunLog:
     if verdicts.exists():
       steps = {r['step'] for r in history}
       kept = [line for line in verdicts.read_text().splitlines(keepends=True)
-              if line.strip() and json.loads(line)['step'] in steps]
+              if _line_step(line) in steps]
       verdicts.write_text(''.join(kept))
 
   def report_health(self, record: dict, flags) -> pathlib.Path:
@@ -305,6 +305,14 @@ class RunLog:
       self.writer.close()
     if self.wandb:
       self.wandb.finish()
+
+
+def _line_step(line: str) -> int | None:
+  """The step of a health.jsonl line; None for a line a kill cut short."""
+  try:
+    return json.loads(line)['step']
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return None
 
 
 def _start_wandb(config, run_dir):
