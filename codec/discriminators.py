@@ -19,6 +19,10 @@ def _leaky_relu(x: jax.Array) -> jax.Array:
   return jnp.where(x >= 0, x, 0.1 * x)
 
 
+# Every conv here keeps PyTorch's default bias (torch_bias): DAC's `init_weights`, which zeroes
+# biases, is applied to its generator only.
+
+
 class PeriodDiscriminator(nn.Module):
   """Folds audio into T/p rows of p columns and convolves along time with (5, 1) kernels.
 
@@ -43,11 +47,11 @@ class PeriodDiscriminator(nn.Module):
     for i, ch in enumerate(self.channels):
       stride = 1 if i == len(self.channels) - 1 else 3
       x = layers.WNConv(ch, (5, 1), strides=(stride, 1), padding=((2, 2), (0, 0)),
-                        dtype=self.dtype, kernels=self.kernels)(x)
+                        dtype=self.dtype, kernels=self.kernels, torch_bias=True)(x)
       x = _leaky_relu(x)
       features.append(unfold(x))
     logits = layers.WNConv(1, (3, 1), padding=((1, 1), (0, 0)), dtype=self.dtype,
-                           kernels=self.kernels)(x)
+                           kernels=self.kernels, torch_bias=True)(x)
     return unfold(logits).astype(jnp.float32), features
 
 
@@ -75,7 +79,7 @@ class BandDiscriminator(nn.Module):
           ((3, 3), (1, 1), ((1, 1), (1, 1)))]
       for kernel, strides, padding in stack:
         band = layers.WNConv(self.channels, kernel, strides=strides, padding=padding,
-                             dtype=self.dtype, kernels=self.kernels)(band)
+                             dtype=self.dtype, kernels=self.kernels, torch_bias=True)(band)
         band = _leaky_relu(band)
         # Every layer, the first included, as in descript-audio-codec 1.0.0 (its later sources
         # skip the first; tests/test_dac_parity.py holds us to the release).
@@ -83,7 +87,7 @@ class BandDiscriminator(nn.Module):
       outputs.append(band)
     x = jnp.concatenate(outputs, axis=2)
     logits = layers.WNConv(1, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                           kernels=self.kernels)(x)
+                           kernels=self.kernels, torch_bias=True)(x)
     return logits.astype(jnp.float32), features
 
 

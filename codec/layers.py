@@ -17,11 +17,26 @@ from codec import compute
 from codec import cpu_kernels
 
 Initializer = Callable[..., jax.Array]
-# init: DAC's `init_weights` draws trunc_normal(0.02) into `conv.weight`, but under weight_norm that
-# tensor is recomputed from (g, v) at every forward, so only its zeroed biases survive. A real
-# std-0.02 init shrinks the signal ~20x per layer, the encoder's latent drowns in its biases within
-# a few hundred steps, and every frame maps to the same code.
+# Initial values, as PyTorch DAC's nets start (tests/test_dac_init.py holds us to them):
+# - conv kernels: PyTorch's default, U(+-1/sqrt(fan_in)) with fan_in = C_in * prod(K), which is
+#   also flax's fan-in for our [*K, C_in, C_out] kernels. DAC's `init_weights` draws
+#   trunc_normal(0.02) into `conv.weight`, but under weight_norm that tensor is recomputed from
+#   (g, v) at every forward, so only its zeroed biases survive. (A real std-0.02 init shrinks the
+#   signal ~20x per layer, the encoder's latent drowns in its biases within a few hundred steps,
+#   and every frame maps to the same code.)
+# - biases: zero in the generator's convs (`init_weights` zeroes every nn.Conv1d bias), PyTorch's
+#   default U(+-1/sqrt(fan_in)) in the discriminators' (DAC never applies `init_weights` to them).
+# - transposed convs (not nn.Conv1d, so `init_weights` skips them): PyTorch's default for kernel
+#   and bias, with PyTorch's fan-in of a [C_in, C_out, K] weight: C_out * K (dim 1 times the
+#   taps), not flax's K * C_in for our [K, C_in, C_out] kernel.
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_uniform(fan_in: int) -> Initializer:
+  """U(+-1/sqrt(fan_in)): PyTorch's default for a conv's weight (kaiming_uniform with a =
+  sqrt(5)) and for its bias."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda rng, shape, dtype=jnp.float32: jax.random.uniform(rng, shape, dtype, -bound, bound)
 
 
 def _weight_norm(v: jax.Array, g: jax.Array, keep_axis: int) -> jax.Array:
@@ -63,15 +78,18 @@ class WNConv(nn.Module):
   strides: Sequence[int] | None = None
   dilation: Sequence[int] | None = None
   padding: Sequence[tuple[int, int]] | None = None  # None: no padding
-  kernel_init: Initializer = torch_default_init
+  # False: zero bias (the generator's convs); True: PyTorch's default (the discriminators').
+  torch_bias: bool = False
   dtype: jnp.dtype = jnp.float32
   kernels: compute.Kernels = compute.XLA
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    v = self.param('kernel', self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+    fan_in = math.prod(self.kernel_size) * x.shape[-1]
+    v = self.param('kernel', torch_default_init, (*self.kernel_size, x.shape[-1], self.features))
     g = self.param('scale', _norm_init(v, -1))
-    b = self.param('bias', nn.initializers.zeros, (self.features,))
+    b = self.param('bias', torch_uniform(fan_in) if self.torch_bias else nn.initializers.zeros,
+                   (self.features,))
     x = x.astype(self.dtype)
     out_shape = jax.eval_shape(
         lambda x, v: conv(x, v, self.strides, self.dilation, self.padding), x, v.astype(self.dtype))
@@ -100,15 +118,15 @@ class WNConvTranspose1d(nn.Module):
   """
   features: int
   stride: int
-  kernel_init: Initializer = torch_default_init
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s, c_in, c_out = self.stride, x.shape[-1], self.features
-    v = self.param('kernel', self.kernel_init, (2 * s, c_in, c_out))
+    init = torch_uniform(c_out * 2 * s)  # PyTorch's fan-in of a transposed conv: C_out * K
+    v = self.param('kernel', init, (2 * s, c_in, c_out))
     g = self.param('scale', _norm_init(v, 1))
-    b = self.param('bias', nn.initializers.zeros, (c_out,))
+    b = self.param('bias', init, (c_out,))
     w = _weight_norm(v, g, 1).astype(self.dtype)
     # Output sample q*s + r - p receives x[q] @ w[r] + x[q-1] @ w[r+s], for phase r in [0, s):
     # two matrix products over frames q in [0, L], then interleaved. (Plain matmuls also make the
