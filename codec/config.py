@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.loudness_db = -16.0
   c.data.random_gain_db = 0.0  # half-width of a uniform random gain; 0 disables it
   c.data.phase_inversion = True
+  # Every phase of each training excerpt's spectrum rotated by one uniform random angle (DAC's
+  # ShiftPhase, codec/data.py's shift_phase; on in the DAC reference experiments).
+  c.data.phase_shift = False
   c.data.silence_db = -60.0  # excerpts quieter than this (RMS, dBFS) are skipped
   # False: each file's excerpts tile it (one random offset per file and epoch). True: DAC's
   # salient excerpts, each at a random offset redrawn up to salient_tries times until its level

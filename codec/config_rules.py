@@ -156,6 +156,7 @@ RULES = {
     'data.loudness_db': number(hi=0),
     'data.random_gain_db': number(0),
     'data.phase_inversion': boolean(),
+    'data.phase_shift': boolean(),
     'data.silence_db': number(hi=0),
     'data.salient_excerpts': boolean(),
     'data.salient_db': number(hi=0),

@@ -160,6 +160,7 @@ class _Levels:
   loudness_db: float
   random_gain_db: float
   phase_inversion: bool
+  phase_shift: bool
   silence_db: float
   salient_db: float  # a salient candidate at least this loud is taken (unused when tiling)
 
@@ -183,12 +184,29 @@ def _note_runtime_skip(path: str, reason: str) -> None:
   _LOG.warning('skipping excerpts of %s: %s (found while decoding)', path, reason)
 
 
+def shift_phase(audio: np.ndarray, angle: float) -> np.ndarray:
+  """f32[T] -> f32[T]: every phase of the excerpt's spectrum rotated by `angle` (radians).
+
+  DAC trains on audiotools' ShiftPhase (conf/base.yml's last transform): one uniform angle in
+  [-pi, pi] added to every STFT phase, so its codec learns that a phase rotation changes the
+  waveform, not the sound (the magnitudes, all the mel loss sees, stay); angle pi is the sign
+  flip. Here the excerpt's whole spectrum (one FFT) is rotated rather than each STFT frame's,
+  which leaves no frame seams; the DC and Nyquist bins, real in a real signal, scale by
+  cos(angle). The result is cos(angle) * x - sin(angle) * H(x), H the (circular) Hilbert transform.
+  """
+  rotated = np.fft.rfft(audio.astype(np.float64)) * np.exp(1j * angle)
+  return np.fft.irfft(rotated, n=audio.shape[-1]).astype(np.float32)
+
+
 def augment(audio: np.ndarray, levels: _Levels, rng: np.random.Generator) -> np.ndarray:
-  """f32[T] -> f32[T]: loudness to loudness_db + U(+-random_gain_db), then maybe a sign flip."""
+  """f32[T] -> f32[T]: loudness to loudness_db + U(+-random_gain_db), then maybe a uniform
+  phase rotation, then maybe a sign flip."""
   target = levels.loudness_db
   if levels.random_gain_db > 0:
     target += rng.uniform(-levels.random_gain_db, levels.random_gain_db)
   out = audio_io.normalise_loudness(audio, target)
+  if levels.phase_shift:
+    out = shift_phase(out, rng.uniform(-np.pi, np.pi))
   if levels.phase_inversion and rng.random() < 0.5:
     out = -out
   return out
@@ -515,7 +533,8 @@ def make_datasets(data_config: ml_collections.ConfigDict, *, sample_rate: int,
                      f'{data_config.excerpt_seconds} s, fewer than one global batch '
                      f'({global_batch_size}).')
   levels = _Levels(data_config.loudness_db, data_config.random_gain_db,
-                   data_config.phase_inversion, data_config.silence_db, data_config.salient_db)
+                   data_config.phase_inversion, data_config.phase_shift, data_config.silence_db,
+                   data_config.salient_db)
   shuffle_seed = int(np.random.SeedSequence((seed % 2**32, _SHUFFLE_STREAM)).generate_state(1)[0])
   order = grain.MapDataset.range(plan.total).shuffle(seed=shuffle_seed)  # reseeded per epoch
   loader = _BatchLoader(files, plan, order, levels, sample_rate=sample_rate, steps_per_epoch=steps,

@@ -10,6 +10,9 @@ def get_config(arg: str = ''):
   c = base.base_config()
   c.experiment_name = 'dac_16khz'
   c.data.salient_excerpts = True  # DAC's salient_excerpt (-40 dB, 8 tries)
+  # DAC's ShiftPhase; its uniform angle covers the sign flip, which DAC does not add.
+  c.data.phase_shift = True
+  c.data.phase_inversion = False
   if arg == 'tiny':
     base.make_tiny(c)
   elif arg:

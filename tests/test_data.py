@@ -384,6 +384,35 @@ def test_phase_inversion_flips_about_half_the_excerpts(tmp_path):
   assert all(s or n for s, n in zip(same, negated)) and 8 <= sum(negated) <= 32
 
 
+def test_shift_phase_rotates_every_phase_by_the_angle():
+  x = _noise(0.1, seed=3)
+  spectrum = np.fft.rfft(x.astype(np.float64))
+  for angle in (0.3, -2.0, np.pi / 2):
+    rotated = np.fft.rfft(data.shift_phase(x, angle).astype(np.float64))
+    # Every bin but DC and Nyquist, which stay real (scaled by cos(angle)).
+    np.testing.assert_allclose(rotated[1:-1], spectrum[1:-1] * np.exp(1j * angle), atol=1e-4)
+    np.testing.assert_allclose(rotated[[0, -1]].real, spectrum[[0, -1]].real * np.cos(angle),
+                               atol=1e-4)
+  np.testing.assert_allclose(data.shift_phase(x, np.pi), -x, atol=1e-6)  # the sign flip
+  np.testing.assert_allclose(data.shift_phase(x, 0.0), x, atol=1e-6)
+
+
+def test_phase_shift_rotates_each_excerpt_by_its_own_uniform_angle(tmp_path):
+  corpus = _noise_corpus(tmp_path)
+  plain = np.concatenate(_take(_make(_config(corpus, phase_inversion=False)).train_iterator(), 6))
+  c = _config(corpus, phase_inversion=False, phase_shift=True)
+  shifted = np.concatenate(_take(_make(c).train_iterator(), 6))
+  angles = []
+  for a, b in zip(plain, shifted):
+    spec_a, spec_b = np.fft.rfft(a)[1:-1], np.fft.rfft(b)[1:-1]
+    angle = np.angle(np.sum(np.conj(spec_a) * spec_b))
+    np.testing.assert_allclose(spec_b, spec_a * np.exp(1j * angle), atol=1e-3)
+    angles.append(angle)
+  # 24 draws of U[-pi, pi]: spread over the circle, none twice.
+  assert np.min(angles) < -np.pi / 2 and np.max(angles) > np.pi / 2
+  assert len(np.unique(np.round(angles, 4))) == len(angles)
+
+
 def test_decode_cache_is_a_bounded_lru():
   cache = audio_io.DecodeCache(max_bytes=3 * 400)
   loads = []
