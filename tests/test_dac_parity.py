@@ -179,4 +179,6 @@ def test_fixture_is_what_the_installed_dac_computes(ref):
     if isinstance(v, str):  # configs and versions
       assert k == 'versions' or v == str(ref[k]), k
     else:
-      np.testing.assert_allclose(v, ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+      # Of the peak, as the comparisons above: torch's own sums vary with its thread count by a
+      # few float32 roundings, which elementwise would exceed 1e-5 of the smallest entries.
+      _close(v, ref[k], what=k)

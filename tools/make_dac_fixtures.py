@@ -66,9 +66,8 @@ def _generator(name: str, kwargs: dict, rng: np.random.Generator) -> dict:
           f'{name}/decoded': decoded[:, 0].numpy()}
 
 
-def _narrow_discriminator() -> torch.nn.Module:
+def _narrow_discriminator(cfg: dict = DISCRIMINATOR) -> torch.nn.Module:
   """dac's Discriminator with its MPD and MRD convs narrowed (their forward code unchanged)."""
-  cfg = DISCRIMINATOR
   disc = dac_disc.Discriminator(periods=cfg['periods'], fft_sizes=cfg['fft_sizes'],
                                 bands=cfg['bands'])
   conv = dac_disc.WNConv2d
