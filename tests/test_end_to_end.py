@@ -107,28 +107,73 @@ def _params(run_dir, step):
   return [np.asarray(x) for x in jax.tree.leaves((gen, disc))]
 
 
-def test_sigkill_mid_epoch_then_restart_matches_uninterrupted_run(two_epoch_run, tiny_corpus,
+def _wait_for(process, found, what: str, log_path, timeout: float = 300.0) -> None:
+  """Polls found() until it holds; fails if the process ends first."""
+  deadline = time.time() + timeout
+  while not found():
+    assert process.poll() is None, f'the run ended before {what}: ' + log_path.read_text()[-3000:]
+    assert time.time() < deadline, f'no {what} after {timeout} s'
+    time.sleep(0.01)
+
+
+def test_sigkills_at_random_moments_end_like_an_uninterrupted_run(two_epoch_run, tiny_corpus,
                                                                   tmp_path):
-  """Killed after a checkpoint between two evaluations, then the same command: the parameters
-  and every record of metrics.jsonl (the training interval's means, min and max, code counts)
-  equal the uninterrupted run's, but for the wall-clock fields."""
-  config, full_dir, history, _ = two_epoch_run
+  """The same command killed with SIGKILL at moments drawn from a seeded RNG, then run again:
+
+  mid-save (while a checkpoint is still a temporary folder, at an evaluation's step or between
+  them), during the compile of the step after a resume (read from the cache), and mid-epoch a
+  little after a checkpoint, between two log steps. The run then ends with the uninterrupted run's parameters, bit for bit, and
+  its metrics.jsonl and health.jsonl line for line (but for the wall-clock fields,
+  conftest.WALL_CLOCK_FIELDS): each checkpoint holds the records' accumulators.
+  """
+  _, full_dir, history, _ = two_epoch_run
+  rng = np.random.default_rng(20)
   run = tmp_path / 'killed'
+  checkpoints = run / 'checkpoints'
+  train_log = run / 'train.log'
   args = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
           '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
           '--config.eval_every_steps=6', '--config.data.val_fraction=0.2', *WEIGHT_FLAGS]
-  process = launch(*args, wait=False)
-  first = run / 'checkpoints' / '3'
-  deadline = time.time() + 300
-  while not first.exists() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
+  command = [sys.executable, 'run_experiment.py', *map(str, args)]
+  console = tmp_path / 'console.txt'  # a file, not a pipe that would fill up unread
+
+  def start():
+    with open(console, 'a') as out:
+      return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+  def kill(process):
+    assert process.poll() is None, 'the run ended before its kill: ' + console.read_text()[-3000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+  def complete():
+    return {int(p.name) for p in checkpoints.glob('*') if p.name.isdigit()}
+
+  # 1. Mid-save: the moment checkpoint `step` exists only as Orbax's temporary folder.
+  save_step = int(rng.choice([6, 9]))  # a complete checkpoint (3) is there before it
+  process = start()
+  _wait_for(process, lambda: any(checkpoints.glob(f'{save_step}.orbax-checkpoint-tmp*')),
+            f'checkpoint {save_step} being written', console)
+  kill(process)
+  assert save_step not in complete()
+  # 2. During the compile of the step (read from the compilation cache), right after restoring.
+  log_size = train_log.stat().st_size
+  process = start()
+  _wait_for(process, lambda: 'Resumed from step' in train_log.read_text()[log_size:],
+            'the resume', console)
+  time.sleep(float(rng.uniform(0.0, 1.0)))
+  kill(process)
+  # 3. Mid-epoch, between two log steps, a little after a checkpoint.
+  after = int(rng.choice([9, 15]))
+  process = start()
+  _wait_for(process, lambda: after in complete(), f'checkpoint {after}', console)
+  time.sleep(float(rng.uniform(0.0, 0.3)))
+  kill(process)
   final_step = history[-1]['step']
-  assert not (run / 'checkpoints' / str(final_step)).exists(), 'killed too late to test resume'
-  result = launch(*args)
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert 'Resumed from step' in result.stdout
+  assert final_step not in complete(), 'killed too late to test resume'
+  process = start()
+  assert process.wait(timeout=600) == 0, console.read_text()[-3000:]
+  assert train_log.read_text().count('Resumed from step') == 3
   for a, b in zip(_params(full_dir, final_step), _params(run, final_step)):
     np.testing.assert_array_equal(a, b)
   assert records_of(run) == records_of(full_dir)

@@ -334,6 +334,88 @@ def test_full_disk_is_recognised_in_orbax_tensorstore_errors(tmp_path):
   assert launch.disk_full(RuntimeError('another failure')) is None
 
 
+def test_failed_save_keeps_the_last_good_checkpoints(tmp_path, monkeypatch):
+  """ENOSPC while checkpoint 3 is written (its temporary folder made) with keep_checkpoints=2
+  reached: the error surfaces, checkpoints 1 and 2 stay (older ones go only once a new one is
+  complete), and a new start restores 2. The best checkpoint (max_to_keep=1) is kept the same."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  config = tiny_config(keep_checkpoints=2)
+  tree = lambda value: {'w': jnp.full((4,), value, jnp.float32)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  for step in (1, 2):
+    ckpt.save(step, tree(step), {'next_batch': step}, [], wait=True)
+  ckpt.save_best(2, tree(2), {'next_batch': 2}, [], mel_distance=2.0)
+  ckpt.best.wait_until_finished()
+  written = []
+
+  def no_space(handler, item, directory):
+    written.append(directory)
+    assert '.orbax-checkpoint-tmp' in str(directory.parent)  # the new step's temporary folder
+    raise OSError(errno.ENOSPC, 'No space left on device', str(directory / 'metadata'))
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, '_save_fn', no_space)
+  with pytest.raises(OSError, match='No space left'):
+    ckpt.save(3, tree(3), {'next_batch': 3}, [], wait=True)
+  with pytest.raises(OSError, match='No space left'):
+    ckpt.save_best(3, tree(3), {'next_batch': 3}, [], mel_distance=1.0)
+    ckpt.best.wait_until_finished()
+  assert written
+  monkeypatch.undo()
+  steps = lambda d: sorted(int(p.name) for p in (tmp_path / d).iterdir() if p.name.isdigit())
+  assert steps('checkpoints') == [1, 2] and steps('best') == [2]
+  fresh = checkpoint.Checkpointer(str(tmp_path), config)
+  state, data_state, _, _ = fresh.restore_latest(tree(0))
+  assert data_state == {'next_batch': 2} and np.all(np.asarray(state['w']) == 2)
+  fresh.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MiB tmpfs (mount needs root: skipped where it is refused)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  try:
+    yield disk
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def test_really_full_disk_fails_the_save_and_keeps_the_checkpoints(small_disk):
+  """A tmpfs filled up to the last 64 KiB: the next save fails with TensorStore's error, which the
+  launcher recognises and names; the complete checkpoints stay and restore, and once space is
+  freed the same step saves."""
+  from codec import launch  # pylint: disable=g-import-not-at-top
+  config = tiny_config(keep_checkpoints=2)
+  noise = np.random.default_rng(0).normal(size=(64, 1024)).astype(np.float32)  # 256 KiB
+  tree = lambda value: {'w': jnp.asarray(noise + value)}  # incompressible
+  ckpt = checkpoint.Checkpointer(str(small_disk), config)
+  for step in (1, 2):
+    ckpt.save(step, tree(step), {'next_batch': step}, [], wait=True)
+  filler = small_disk / 'filler'
+  filler.write_bytes(b'\0' * (shutil.disk_usage(small_disk).free - (64 << 10)))
+  with pytest.raises(Exception) as caught:  # pylint: disable=broad-except  (Orbax's wrapping)
+    ckpt.save(3, tree(3), {'next_batch': 3}, [], wait=True)
+  full = launch.disk_full(caught.value)
+  assert full is not None, caught.value
+  message = launch.disk_full_message(full, str(small_disk))
+  assert str(small_disk / 'checkpoints') in message and 'MiB free there' in message, message
+  assert 'the last complete checkpoint is step 2' in message, message
+  steps = sorted(int(p.name) for p in (small_disk / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [1, 2]
+  filler.unlink()  # space freed: a new start restores step 2 and writes step 3
+  fresh = checkpoint.Checkpointer(str(small_disk), config)
+  state, data_state, _, _ = fresh.restore_latest(tree(0))
+  assert data_state == {'next_batch': 2} and np.all(np.asarray(state['w']) == noise + 2)
+  fresh.save(3, tree(3), {'next_batch': 3}, [], wait=True)
+  fresh.close()
+
+
 def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corpus, tmp_path,
                                                                       two_epoch_run, monkeypatch):
   _, workdir, _, _ = two_epoch_run
