@@ -47,8 +47,9 @@ def get_config(arg: str = ''):
   c.eval_every_steps = 0  # a verdict at each epoch end (830 steps on the shipped corpus)
   c.checkpoint_every_steps = 200
   if arg == 'long':
-    # 13,280 steps: at the demo's step time on 2 idle cores (0.37 s, bench/recipe.py runs of
-    # 2026-12-03) about 82 minutes of steps plus 16 evaluations, inside a 2-hour budget.
+    # 13,280 steps: at 0.36-0.49 s per step (the demo's bench/recipe.py runs of 2026-12-03 on
+    # 2 cores shared with other jobs) 80-110 minutes of steps plus 16 evaluations, an estimate
+    # for a 2-hour budget that no full run has checked yet.
     c.experiment_name = 'telugu_demo_long'
     c.num_epochs = 16
   return c
