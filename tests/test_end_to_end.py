@@ -186,12 +186,26 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
+def _wait_all(processes, timeout: float = 300.0) -> None:
+  """Waits for every process; kills those still running after `timeout` s (they fail the test)."""
+  deadline = time.time() + timeout
+  for p in processes:
+    try:
+      p.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+
+
+def test_two_processes_train_like_one_and_stop_together_on_one_signal(two_epoch_run, tiny_corpus,
+                                                                     tmp_path):
   """Two hosts on localhost (gloo CPU collectives, 2 devices each) vs one host with 4 devices.
 
   The first step starts from the same parameters and batch on both layouts, so its losses and
   gradient norms (logged at once) agree to summation round-off; without the cross-host gradient
-  all-reduce each host would see only its half of the batch.
+  all-reduce each host would see only its half of the batch. Then SIGTERM reaches host 1 alone:
+  both hosts save the same step together and exit 0 (a host saving alone would hang in the
+  collective save), and the same commands resume from that step.
   """
   _, one_host, _, _ = two_epoch_run
   run = tmp_path / 'two_hosts'
@@ -199,15 +213,39 @@ def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
   steps = 3  # the one-host run keeps a checkpoint there
   common = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
             '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
-            '--config.data.val_fraction=0.2', f'--config.max_steps={steps}', *WEIGHT_FLAGS,
-            '--overwrite',  # host 0 deletes (nothing here), both wait at a barrier
+            '--config.data.val_fraction=0.2', *WEIGHT_FLAGS,
             '--config.distributed.num_processes=2',
             f'--config.distributed.coordinator_address={address}']
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  processes = [launch(*common, f'--config.distributed.process_id={i}', wait=False, env=env)
-               for i in range(2)]
-  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  consoles = [tmp_path / f'host_{i}.txt' for i in range(2)]  # files: no pipe fills up unread
+
+  def start(*extra):
+    processes = []
+    for i, console in enumerate(consoles):
+      with open(console, 'w') as out:
+        processes.append(subprocess.Popen(
+            [sys.executable, 'run_experiment.py', *map(str, common + list(extra)),
+             f'--config.distributed.process_id={i}'], cwd=ROOT, env=env, stdout=out,
+            stderr=subprocess.STDOUT))
+    return processes
+
+  # --overwrite: host 0 deletes (nothing here), both wait at a barrier.
+  processes = start('--overwrite')
+  try:
+    deadline = time.time() + 600
+    while not (run / 'checkpoints' / str(steps)).is_dir():
+      assert all(p.poll() is None for p in processes), [c.read_text()[-3000:] for c in consoles]
+      assert time.time() < deadline, f'no checkpoint {steps} after 600 s'
+      time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)
+  finally:
+    _wait_all(processes)  # a host saving alone would hang in the collective save: killed then
+  outputs = [c.read_text() for c in consoles]
   assert all(p.returncode == 0 for p in processes), [o[-3000:] for o in outputs]
+  saved = [re.findall(r'Saved step (\d+); run the same command again', o) for o in outputs]
+  assert len(saved[0]) == len(saved[1]) == 1 and saved[0] == saved[1], saved
+  stopped = int(saved[0][0])
+  assert stopped > steps and (run / 'checkpoints' / str(stopped)).is_dir()
   first = lambda d: {tag: v for step, tag, v in read_events(d) if step == 1 and tag.startswith(
       'train/') and isinstance(v, float)}
   one, two = first(one_host), first(run)
@@ -220,6 +258,12 @@ def test_two_processes_train_like_one(two_epoch_run, tiny_corpus, tmp_path):
   # step may move a parameter by up to 2 lr between the two device layouts.
   for a, b in zip(_params(one_host, steps), _params(run, steps)):
     np.testing.assert_allclose(a, b, atol=steps * 2 * 1e-4 + 1e-6)
+  processes = start(f'--config.max_steps={stopped + 1}')  # resumed: one more step on both
+  _wait_all(processes)
+  outputs = [c.read_text() for c in consoles]
+  assert all(p.returncode == 0 for p in processes), [o[-3000:] for o in outputs]
+  assert all(f'Resumed from step {stopped}' in o for o in outputs), [o[-3000:] for o in outputs]
+  assert (run / 'checkpoints' / str(stopped + 1)).is_dir()
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_corpus, tmp_path):
