@@ -8,6 +8,7 @@ import logging
 import math
 import pathlib
 import sys
+import threading
 
 import jax
 import ml_collections
@@ -136,6 +137,18 @@ class _Progress(tqdm.tqdm):
     return d
 
 
+class _FileHandler(logging.FileHandler):
+  """train.log. A failed write raises from the logging call (logging's own handler prints a
+  traceback per line and carries on), so a full disk stops the run with the launcher's message."""
+
+  def handleError(self, record):
+    error = sys.exc_info()[1]
+    if not isinstance(error, OSError):
+      super().handleError(record)
+      return
+    raise OSError(error.errno, error.strerror, self.baseFilename) from error
+
+
 class RunLog:
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
@@ -151,7 +164,13 @@ class RunLog:
           stale.unlink(missing_ok=True)
       (self.dir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
     self._setup_logging()
-    self.writer = SummaryWriter(str(self.dir)) if self.is_writer else None
+    # An unbounded queue (0): with the default 10, a writer thread that died on a full disk
+    # would block the training thread's next writes forever instead of raising at _check_writer.
+    self.writer = SummaryWriter(str(self.dir), max_queue=0) if self.is_writer else None
+    self._writer_error = None
+    self._previous_excepthook = None
+    if self.writer:
+      self._watch_writer_thread()
     self.wandb = _start_wandb(config, self.dir) if config.use_wandb and self.is_writer else None
 
   def _setup_logging(self) -> None:
@@ -164,9 +183,29 @@ class RunLog:
     console.setFormatter(logging.Formatter('%(message)s'))
     log.addHandler(console)
     if self.is_writer:
-      file_handler = logging.FileHandler(self.log_path)
+      file_handler = _FileHandler(self.log_path)
       file_handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
       log.addHandler(file_handler)
+
+  def _watch_writer_thread(self) -> None:
+    """tensorboardX writes events in its own thread, which dies on a failed write (a full disk)
+    while training goes on without curves. Its error is kept here and raised at the next log."""
+    self._previous_excepthook = previous = threading.excepthook
+
+    def hook(args):
+      if (type(args.thread).__module__.startswith('tensorboardX') and
+          isinstance(args.exc_value, OSError)):
+        self._writer_error = args.exc_value  # raised, with the file named, by _check_writer
+        return
+      previous(args)
+
+    threading.excepthook = hook
+
+  def _check_writer(self) -> None:
+    error = self._writer_error
+    if error is not None:
+      events = sorted(self.dir.glob('events.out.tfevents.*'), key=lambda p: p.stat().st_mtime)
+      raise OSError(error.errno, error.strerror, str(events[-1] if events else self.dir)) from error
 
   def info(self, message: str) -> None:
     log.info(message)
@@ -179,6 +218,7 @@ class RunLog:
   def _scalars(self, prefix: str, values: dict, step: int) -> None:
     if not self.writer:
       return
+    self._check_writer()
     for k, v in values.items():
       v = np.asarray(v, dtype=np.float64) if not isinstance(v, list) else np.asarray(v)
       if v.ndim == 0:
@@ -255,6 +295,7 @@ class RunLog:
       self.writer.add_figure(f'spectrogram/{i}/reconstruction', spectrogram_figure(recon[i]),
                              step)
     self.writer.flush()
+    self._check_writer()
     write_curves(self.dir / 'metrics.jsonl', self.dir / 'curves.png')
 
   def rewrite_history(self, history: list[dict]) -> None:
@@ -302,7 +343,9 @@ class RunLog:
 
   def close(self) -> None:
     if self.writer:
-      self.writer.close()
+      if self._writer_error is None:
+        self.writer.close()
+      threading.excepthook = self._previous_excepthook
     if self.wandb:
       self.wandb.finish()
 

@@ -1,11 +1,14 @@
 """The jitted GAN step, data parallelism, the training loop, checkpoints and resume (tiny config)."""
 import dataclasses
+import errno
 import functools
 import json
 import logging
 import os
 import shutil
 import signal
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -291,7 +294,6 @@ def test_damaged_latest_checkpoint_is_skipped_kept_and_rewritten(tiny_corpus, tm
 def test_full_disk_at_a_checkpoint_write_is_one_message(tmp_path, two_epoch_run, monkeypatch):
   """ENOSPC injected at the checkpoint write of a resumed run: the launcher's one message names
   the path, the free space and the last complete checkpoint, which stays."""
-  import errno  # pylint: disable=g-import-not-at-top
   from codec import launch  # pylint: disable=g-import-not-at-top
   config, full_dir, history, _ = two_epoch_run
   workdir = tmp_path / 'full_disk'
@@ -338,7 +340,6 @@ def test_failed_save_keeps_the_last_good_checkpoints(tmp_path, monkeypatch):
   """ENOSPC while checkpoint 3 is written (its temporary folder made) with keep_checkpoints=2
   reached: the error surfaces, checkpoints 1 and 2 stay (older ones go only once a new one is
   complete), and a new start restores 2. The best checkpoint (max_to_keep=1) is kept the same."""
-  import errno  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   config = tiny_config(keep_checkpoints=2)
   tree = lambda value: {'w': jnp.full((4,), value, jnp.float32)}
@@ -416,6 +417,46 @@ def test_really_full_disk_fails_the_save_and_keeps_the_checkpoints(small_disk):
   fresh.close()
 
 
+def test_full_disk_at_tensorboard_and_log_writes_stops_with_one_message(small_disk):
+  """A full tmpfs under a run's logs: the TensorBoard writer's thread dies on its write (training
+  would go on without curves) and train.log's writes fail (logging would print a traceback per
+  line); both reach the training thread as ENOSPC naming the file, which the launcher turns into
+  its one message. Once space is freed the log writes again."""
+  from codec import launch  # pylint: disable=g-import-not-at-top
+  from codec import logs  # pylint: disable=g-import-not-at-top
+  run = logs.RunLog(str(small_disk / 'run'), tiny_config())
+  counts = np.ones((3, 16), np.float32)
+  run.log_train(1, [{'gen_loss': np.float32(1.0)}], counts, frame_rate=50.0)
+  run.writer.flush()
+  filler = small_disk / 'filler'
+  filler.write_bytes(b'\0' * shutil.disk_usage(small_disk).free)
+  raised = []
+
+  def log_until_it_fails():  # the writer thread fails on its own time
+    try:
+      for step in range(2, 3000):
+        run.log_train(step, [{'gen_loss': np.float32(1.0)}], counts, frame_rate=50.0)
+        time.sleep(0.01)
+    except OSError as e:
+      raised.append(e)
+
+  logging_thread = threading.Thread(target=log_until_it_fails, daemon=True)
+  logging_thread.start()
+  logging_thread.join(timeout=60)
+  assert not logging_thread.is_alive(), 'logging blocked on the dead TensorBoard writer'
+  (error,) = raised
+  assert launch.disk_full(error) is error
+  assert 'events.out.tfevents.' in error.filename, error
+  assert 'events.out.tfevents.' in launch.disk_full_message(error, str(small_disk / 'run'))
+  with pytest.raises(OSError) as caught:
+    run.info('x' * 20000)
+  assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(run.log_path)
+  filler.unlink()
+  run.info('space freed')
+  run.close()
+  assert 'space freed' in run.log_path.read_text()
+
+
 def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corpus, tmp_path,
                                                                       two_epoch_run, monkeypatch):
   _, workdir, _, _ = two_epoch_run
@@ -438,10 +479,14 @@ def test_incompatible_checkpoint_is_refused_and_overwrite_starts_fresh(tiny_corp
 
 
 def test_bfloat16_compute_trains_with_float32_state():
-  # Two down-sampling stages instead of four: the dtype handling is the same in every block, and
-  # XLA compiles a bfloat16 step slowly.
+  # One of each kind of block (two down-sampling stages instead of four, one period of one
+  # strided layer, one band, one mel resolution): the dtype handling is the same in every copy,
+  # and XLA compiles a bfloat16 step slowly.
   config = tiny_config(**{'model.encoder_rates': (2, 4), 'model.decoder_rates': (4, 2),
-                          'model.latent_dim': 16})
+                          'model.latent_dim': 16, 'discriminator.periods': (2,),
+                          'discriminator.period_channels': (4,),
+                          'discriminator.bands': ((0.0, 1.0),), 'loss.mel_windows': (256,),
+                          'loss.mel_bins': (16,)})
   config.optim.compute_dtype = 'bfloat16'
   models = train.make_models(config)
   state = train.create_train_state(models, jax.random.key(0), EXCERPT)
