@@ -57,7 +57,7 @@ def _close(ours, theirs, rel=REL, what=''):
   assert err <= rel, f'{what}: max error {err:.2e} of the peak (allowed {rel:.0e})'
 
 
-@pytest.mark.parametrize('name', ['g16', 'g44'])
+@pytest.mark.parametrize('name', ['g16', 'g24', 'g44'])
 def test_generator_matches_dac(ref, name):
   model = _model_config(ref, name)
   params = dac_weights.state_to_params(_state(ref, name), dac_weights.generator_entries(model))

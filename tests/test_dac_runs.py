@@ -80,3 +80,85 @@ def test_discriminator_warmup_holds_the_generator_update_back():
     held = train.hold_during_warmup(jnp.asarray(step), 2, new, old)
     np.testing.assert_array_equal(held['w'], np.full(3, expected))
   assert train.hold_during_warmup(jnp.asarray(0), 0, new, old) is new
+
+
+def test_full_16khz_model_saved_by_dac_encodes_and_reconstructs_as_dac(tmp_path):
+  """Live (where torch and dac import; CI has neither): DAC's 16 kHz model at full width (74 M
+  parameters, too large for a committed fixture), saved by DAC's own `save`, through `import-dac`.
+  `python -m codec encode` gives DAC's codes and `reconstruct` the audio DAC decodes from them
+  (16-bit WAV: within one step of 2**-15, plus 1e-5 of the peak). A deliberate difference: an
+  input shorter than one chunk is padded to a bucket length (one compile serves many lengths),
+  so its last encoder_halo_frames codes and decoder_halo_frames frames of audio, which see that
+  padding, are not DAC's one-pass result (README, "Deliberate differences")."""
+  torch = pytest.importorskip('torch')
+  dac = pytest.importorskip('dac')
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  from codec import codefile  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = dac.DAC(encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536,
+                  decoder_rates=[8, 5, 4, 2], n_codebooks=12, codebook_size=1024, codebook_dim=8,
+                  sample_rate=16000).eval()
+  pth = tmp_path / 'weights_16khz.pth'
+  model.save(str(pth), package=False)
+  rng = np.random.default_rng(0)
+  t = np.arange(16000) / 16000
+  audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+  wav = tmp_path / 'clip.wav'
+  sf.write(wav, audio, 16000, subtype='FLOAT')
+  with torch.no_grad():
+    _, theirs, *_ = model.encode(torch.from_numpy(audio)[None, None])
+
+  run = tmp_path / 'run'
+  cli.main(['import-dac', str(pth), '-o', str(run)])
+  config = inference.load_run_config(run)
+  cli.main(['encode', str(wav), '-o', str(tmp_path / 'codes'), '--checkpoint', str(run),
+            '--no_normalize'])
+  ours, _ = codefile.read(tmp_path / 'codes' / 'clip.codes')
+  ours = np.asarray(ours, np.int64).reshape(theirs.shape[1:])
+  interior = ours.shape[1] - inference.encoder_halo_frames(config.model)
+  np.testing.assert_array_equal(ours[:, :interior], theirs[0, :, :interior].numpy())
+
+  cli.main(['reconstruct', str(wav), '-o', str(tmp_path / 'out'), '--checkpoint', str(run),
+            '--no_normalize'])
+  out, rate = sf.read(tmp_path / 'out' / 'clip.wav', dtype='float32')
+  with torch.no_grad():
+    decoded = model.decode(model.quantizer.from_codes(torch.from_numpy(ours)[None])[0])[0, 0]
+  decoded = decoded.numpy()
+  assert rate == 16000 and out.shape == audio.shape  # DAC's is 8 samples short (odd stride)
+  n = (ours.shape[1] - inference.decoder_halo_frames(config.model)) * 320
+  err = np.max(np.abs(out[:n] - decoded[:n]))
+  assert err <= 1 / 32768 + 1e-5 * np.max(np.abs(decoded)), err
+
+
+def test_discriminator_saved_by_dacs_trainer_imports_and_computes_as_dac(ref, tmp_path):
+  """Live (torch and dac): DAC's trainer saves each net with `save_to_folder` (its conf/base.yml
+  discriminator: periods 2, 3, 5, 7, 11, three STFT sizes, no MSD); `import-dac --discriminator`
+  reads it, and the imported discriminators give DAC's logits and feature maps within 1e-5 of
+  each map's peak."""
+  torch = pytest.importorskip('torch')
+  dac = pytest.importorskip('dac')
+  from dac.model.discriminator import Discriminator  # pylint: disable=g-import-not-at-top
+  from codec import checkpoint  # pylint: disable=g-import-not-at-top
+  from codec import discriminators  # pylint: disable=g-import-not-at-top
+  from test_dac_parity import _close, _dac_layout  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  dac.DAC(**json.loads(str(ref['g16/kwargs']))).save_to_folder(tmp_path / 'latest', package=False)
+  disc = Discriminator(sample_rate=16000).eval()
+  disc.save_to_folder(tmp_path / 'latest', package=False)
+  run = tmp_path / 'run'
+  cli.main(['import-dac', str(tmp_path / 'latest' / 'dac' / 'weights.pth'), '-o', str(run),
+            '--discriminator', str(tmp_path / 'latest' / 'discriminator' / 'weights.pth')])
+
+  audio = ref['loss/real']
+  with torch.no_grad():
+    theirs = disc(torch.from_numpy(audio)[:, None])
+  config = inference.load_run_config(run)
+  _, disc_params, _ = checkpoint.restore_params(run)
+  ours = discriminators.Discriminators.from_config(config.discriminator).apply(
+      {'params': disc_params}, jnp.asarray(audio))
+  n_periods = len(config.discriminator.periods)
+  assert len(ours) == len(theirs) == 8
+  for i, ((logits, features), maps) in enumerate(zip(ours, theirs)):
+    assert len(features) + 1 == len(maps)
+    for j, m in enumerate([*features, logits]):
+      _close(_dac_layout(m, i < n_periods), maps[j].numpy(), what=f'discriminator {i} map {j}')

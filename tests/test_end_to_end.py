@@ -23,9 +23,14 @@ pytestmark = pytest.mark.slow
 WEIGHT_FLAGS = [f'--{name}={value}' for name, value in README_FLAGS.items()]
 
 
-def launch(*args, wait=True, env=None):
+def launch(*args, wait=True, env=None, console=None):
+  """The launcher in a subprocess. Not waited for, its output goes to a pipe, or to the file
+  `console` (for processes the test does not read while they run: a pipe would fill up)."""
   command = [sys.executable, 'run_experiment.py', *map(str, args)]
   env = {**os.environ, **(env or {})}
+  if not wait and console is not None:
+    with open(console, 'w') as out:
+      return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
   if not wait:
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -216,18 +221,12 @@ def test_two_processes_train_like_one_and_stop_together_on_one_signal(two_epoch_
             '--config.data.val_fraction=0.2', *WEIGHT_FLAGS,
             '--config.distributed.num_processes=2',
             f'--config.distributed.coordinator_address={address}']
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  consoles = [tmp_path / f'host_{i}.txt' for i in range(2)]  # files: no pipe fills up unread
+  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  consoles = [tmp_path / f'host_{i}.txt' for i in range(2)]
 
   def start(*extra):
-    processes = []
-    for i, console in enumerate(consoles):
-      with open(console, 'w') as out:
-        processes.append(subprocess.Popen(
-            [sys.executable, 'run_experiment.py', *map(str, common + list(extra)),
-             f'--config.distributed.process_id={i}'], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT))
-    return processes
+    return [launch(*common, *extra, f'--config.distributed.process_id={i}', wait=False, env=env,
+                   console=console) for i, console in enumerate(consoles)]
 
   # --overwrite: host 0 deletes (nothing here), both wait at a barrier.
   processes = start('--overwrite')

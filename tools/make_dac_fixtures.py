@@ -5,8 +5,9 @@ tests, which read the file this writes):
 
   python tools/make_dac_fixtures.py  # -> tests/fixtures/dac_reference.npz
 
-Seeded, tiny widths (the same code paths as the released models: the 16 kHz rates 2, 4, 5, 8 with
-an odd stride, and the 44.1 kHz rates 2, 4, 8, 8). Recorded, with the torch and dac versions:
+Seeded, tiny widths (the same code paths as the released models: the 16 kHz and 24 kHz rates
+2, 4, 5, 8 with an odd stride, and the 44.1 kHz rates 2, 4, 8, 8). The full-width 16 kHz model is
+too large for a committed file: tests/test_dac_runs.py compares it live, where torch and dac import. Recorded, with the torch and dac versions:
 - per generator config: DAC's constructor kwargs, state dict, input audio, encoder latent, codes,
   quantizer losses, decoded audio;
 - discriminators (DAC's own MPD/MRD classes, convs narrowed so the file stays small): state dict,
@@ -30,11 +31,14 @@ GENERATORS = {
     'g16': dict(encoder_dim=4, encoder_rates=[2, 4, 5, 8], latent_dim=None, decoder_dim=32,
                 decoder_rates=[8, 5, 4, 2], n_codebooks=3, codebook_size=32, codebook_dim=8,
                 quantizer_dropout=0.5, sample_rate=16000),
+    'g24': dict(encoder_dim=4, encoder_rates=[2, 4, 5, 8], latent_dim=40, decoder_dim=24,
+                decoder_rates=[8, 5, 4, 2], n_codebooks=4, codebook_size=16, codebook_dim=8,
+                quantizer_dropout=1.0, sample_rate=24000),
     'g44': dict(encoder_dim=2, encoder_rates=[2, 4, 8, 8], latent_dim=24, decoder_dim=16,
                 decoder_rates=[8, 8, 4, 2], n_codebooks=2, codebook_size=16, codebook_dim=4,
                 quantizer_dropout=0.0, sample_rate=44100),
 }
-LENGTH = {'g16': 1280, 'g44': 2048}  # 4 frames each
+LENGTH = {'g16': 1280, 'g24': 1280, 'g44': 2048}  # 4 frames each
 DISCRIMINATOR = dict(periods=[2, 3], fft_sizes=[512, 256],
                      bands=[(0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)],
                      period_channels=[4, 8, 16, 32, 32], band_channels=4)

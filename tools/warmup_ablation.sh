@@ -8,8 +8,8 @@
 # RUN_DIR: one of our run directories; OUT_DIR gets demo.pth, pretrained/, w0/ and w200/ (each
 # with metrics.jsonl: validation every 50 steps). The export and import need torch and dac.
 set -euo pipefail
-RUN=$1
-OUT=$2
+RUN=$(realpath "$1")  # absolute: the script runs from the repository root
+OUT=$(realpath -m "$2")
 TORCH_PYTHON=${3:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
