@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.01
   c.optim.lr_decay = 0.999996  # per step
   c.optim.warmup_steps = 0  # linear learning-rate warm-up over this many updates (DAC: none)
+  # The rate falls linearly to 0 over the run's last N updates (codec/optimizer.py; DAC: none).
+  c.optim.cooldown_steps = 0
   # Evaluation and inference use an exponential moving average of the generator's weights with
   # this decay per step (0: none, as DAC; codec/train.py's update_ema).
   c.optim.ema_decay = 0.0

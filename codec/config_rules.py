@@ -140,6 +140,7 @@ RULES = {
     'optim.weight_decay': number(0),
     'optim.lr_decay': number(0, 1, lo_open=True),
     'optim.warmup_steps': integer(0),
+    'optim.cooldown_steps': integer(0),
     'optim.ema_decay': number(0, 1, hi_open=True),
     'optim.discriminator_warmup_steps': integer(0),
     'optim.codebook_restart_steps': integer(0),

@@ -57,21 +57,33 @@ class AdamW:
   weight_decay: float
   clip: float  # the gradient's global norm is scaled down to this when larger
   warmup: int = 0  # updates over which the rate rises linearly to its peak (0: none, as DAC)
+  cooldown: int = 0  # last updates of `total` over which the rate falls linearly to 0 (0: none)
+  total: int = 0  # updates in the whole run; needed only with a cooldown
 
   @classmethod
-  def from_config(cls, optim: ml_collections.ConfigDict, clip: float) -> 'AdamW':
+  def from_config(cls, optim: ml_collections.ConfigDict, clip: float,
+                  total_steps: int = 0) -> 'AdamW':
+    """total_steps: the run's steps (Schedule.total_steps), needed with optim.cooldown_steps."""
+    if optim.cooldown_steps and not total_steps:
+      raise ValueError(f'optim.cooldown_steps={optim.cooldown_steps} needs the run\'s total steps '
+                       '(make_models(config, total_steps=...))')
     return cls(learning_rate=optim.learning_rate, lr_decay=optim.lr_decay, b1=optim.b1,
                b2=optim.b2, weight_decay=optim.weight_decay, clip=clip,
-               warmup=optim.warmup_steps)
+               warmup=optim.warmup_steps, cooldown=optim.cooldown_steps, total=total_steps)
 
   def learning_rate_at(self, count: jax.Array) -> jax.Array:
     """The rate of update number count + 1: learning_rate * lr_decay ** count, times
     (count + 1) / warmup during the warm-up (Goyal et al. 2017, arXiv:1706.02677: a high peak
-    rate without the early blow-up of Adam's first, poorly estimated moments)."""
+    rate without the early blow-up of Adam's first, poorly estimated moments), and times
+    (total - count) / cooldown during the cooldown, down to 1 / cooldown at the last update (a
+    constant rate with a short linear cooldown ends as well as a cosine schedule of the same
+    length: Hagele et al. 2024, arXiv:2405.18392; Zhai et al. 2022, arXiv:2106.04560)."""
     count = jnp.asarray(count, jnp.float32)
     rate = self.learning_rate * jnp.power(self.lr_decay, count)
     if self.warmup:
       rate = rate * jnp.minimum(1.0, (count + 1) / self.warmup)
+    if self.cooldown:
+      rate = rate * jnp.clip((self.total - count) / self.cooldown, 0.0, 1.0)
     return rate
 
   def init(self, params) -> AdamWState:

@@ -92,8 +92,10 @@ def check_validation_set(val_audio: np.ndarray, data_config: ml_collections.Conf
                    '--config.data.val_fraction.')
 
 
-def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -> Models:
-  """backend: where the step will run (default: jax's default backend), for codec/compute.py."""
+def make_models(config: ml_collections.ConfigDict, backend: str | None = None,
+                total_steps: int = 0) -> Models:
+  """backend: where the step will run (default: jax's default backend), for codec/compute.py;
+  total_steps: the run's (Schedule.total_steps), for the learning rate's optim.cooldown_steps."""
   dtype = jnp.bfloat16 if config.optim.compute_dtype == 'bfloat16' else jnp.float32
   kernels = compute.choose(config.model.kernels, backend or jax.default_backend(),
                            config.optim.compute_dtype)
@@ -104,8 +106,9 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None) -
       gen=generator.Generator.from_config(config.model, dtype=dtype, kernels=kernels),
       disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype,
                                                      kernels=kernels),
-      gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator),
-      disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator),
+      gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator, total_steps),
+      disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator,
+                                           total_steps),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
       ema_decay=config.optim.ema_decay,
       codebook_restart_steps=config.optim.codebook_restart_steps,
@@ -542,7 +545,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
       process_count=jax.process_count())  # logs its own summary
   check_validation_set(datasets.val_audio, config.data)
 
-  models = make_models(config)
+  schedule = Schedule.from_config(config, datasets.steps_per_epoch)
+  models = make_models(config, total_steps=schedule.total_steps)
   excerpt = int(round(config.data.excerpt_seconds * config.model.sample_rate))
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   replicated = parallel.replicated(mesh)
@@ -565,7 +569,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                     out_shardings=(replicated, replicated))
   # Replicated outputs: every host can read the validation results (multi-host included).
   eval_fn = jax.jit(functools.partial(eval_step, models), out_shardings=replicated)
-  schedule = Schedule.from_config(config, datasets.steps_per_epoch)
   run.log_hparams(config)
   interrupt = _Interrupt()
   step = int(state.step)

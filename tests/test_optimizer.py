@@ -11,7 +11,8 @@ import pytest
 from codec import optimizer
 
 OPTIM = ml_collections.ConfigDict(dict(learning_rate=1e-2, lr_decay=0.9, b1=0.8, b2=0.99,
-                                       weight_decay=0.01, warmup_steps=0))
+                                       weight_decay=0.01, warmup_steps=0,
+                                       cooldown_steps=0))
 CLIP = 3.0
 
 
@@ -92,6 +93,16 @@ def test_warmup_rises_linearly_then_decays():
   np.testing.assert_allclose(
       [opt.learning_rate_at(n) for n in (0, 1, 3, 4, 10)],
       [1e-2 / 4, 1e-2 * 0.9 * 2 / 4, 1e-2 * 0.9 ** 3, 1e-2 * 0.9 ** 4, 1e-2 * 0.9 ** 10], rtol=1e-6)
+
+
+def test_cooldown_falls_linearly_over_the_last_updates():
+  cooldown = ml_collections.ConfigDict({**OPTIM.to_dict(), 'cooldown_steps': 4})
+  opt = optimizer.AdamW.from_config(cooldown, CLIP, total_steps=10)
+  np.testing.assert_allclose(
+      [opt.learning_rate_at(n) for n in (0, 6, 7, 9, 10)],
+      [1e-2, 1e-2 * 0.9 ** 6, 1e-2 * 0.9 ** 7 * 3 / 4, 1e-2 * 0.9 ** 9 / 4, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match=r'optim\.cooldown_steps=4 needs the run\'s total steps'):
+    optimizer.AdamW.from_config(cooldown, CLIP)
 
 
 def test_learning_rate_decays_per_update():

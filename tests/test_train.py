@@ -12,6 +12,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -162,6 +163,23 @@ def test_silent_validation_folder_fails_before_the_first_step(tiny_corpus, tmp_p
       (tmp_path / 'run' / 'checkpoints').iterdir())
 
 
+def test_learning_rate_cooldown_ends_at_the_runs_last_step(tiny_corpus, tmp_path, monkeypatch):
+  """The optimizers learn the run's total steps (epochs, or max_steps when it stops earlier)."""
+  made = []
+
+  def make_models(config, backend=None, total_steps=0):
+    made.append(total_steps)
+    raise KeyboardInterrupt  # enough: nothing compiles
+
+  monkeypatch.setattr(train, 'make_models', make_models)
+  for max_steps, total in ((0, 24), (5, 5)):
+    config = tiny_config(tiny_corpus, num_epochs=2, max_steps=max_steps,
+                         **{'optim.cooldown_steps': 4})
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, str(tmp_path / f'run{max_steps}'))
+    assert made[-1] == total
+
+
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_ask_the_loop_to_save_and_stop(signum):
   interrupt = train._Interrupt()  # pylint: disable=protected-access
@@ -254,6 +272,27 @@ def test_resume_continues_to_the_same_parameters(tiny_corpus, tmp_path, two_epoc
   assert _max_diff(full, again) == 0.0
   assert records_of(workdir) == records_of(full_dir)
   assert (workdir / 'health.jsonl').read_text() == (full_dir / 'health.jsonl').read_text()
+
+
+def test_init_from_a_run_starts_a_launched_run_from_its_weights(tmp_path, two_epoch_run):
+  """--init_from RUN_DIR inside the loop: both nets start from the source's best weights (a
+  first AdamW update from fresh moments moves each entry by at most the learning rate, plus
+  weight decay), not from this run's seed, and the run counts its own steps from 1."""
+  config, source_dir, _, _ = two_epoch_run
+  fine_tune = ml_collections.ConfigDict(config.to_dict())
+  fine_tune.init_from, fine_tune.max_steps, fine_tune.seed = str(source_dir), 1, 7
+  history = train.train_and_evaluate(fine_tune, str(tmp_path / 'fine_tune'))
+  assert [r['step'] for r in history] == [1]
+  source_gen, source_disc, _ = checkpoint.restore_params(str(source_dir))  # what init_from reads
+  gen, disc, step = checkpoint.restore_params(str(tmp_path / 'fine_tune'), best=False)
+  assert step == 1
+  lr = config.optim.learning_rate
+  for ours, source in ((gen, source_gen), (disc, source_disc)):
+    for a, b in zip(jax.tree.leaves(ours), map(np.asarray, jax.tree.leaves(source))):
+      bound = lr * (1 + config.optim.weight_decay * np.abs(b)) * (1 + 1e-5) + 2 * np.spacing(np.abs(b))
+      assert np.all(np.abs(np.asarray(a) - np.asarray(b)) <= bound)
+  assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves(gen), jax.tree.leaves(source_gen))) > 0
 
 
 def test_damaged_latest_checkpoint_is_skipped_kept_and_rewritten(tiny_corpus, tmp_path,
