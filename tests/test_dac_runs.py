@@ -89,7 +89,8 @@ def test_full_16khz_model_saved_by_dac_encodes_and_reconstructs_as_dac(tmp_path)
   (16-bit WAV: within one step of 2**-15, plus 1e-5 of the peak). A deliberate difference: an
   input shorter than one chunk is padded to a bucket length (one compile serves many lengths),
   so its last encoder_halo_frames codes and decoder_halo_frames frames of audio, which see that
-  padding, are not DAC's one-pass result (README, "Deliberate differences")."""
+  padding, are not DAC's one-pass result (README, "Deliberate differences"). `export-dac` of the
+  imported run gives back a file `dac.DAC.load` reads, with DAC's tensors."""
   torch = pytest.importorskip('torch')
   dac = pytest.importorskip('dac')
   import soundfile as sf  # pylint: disable=g-import-not-at-top
@@ -128,6 +129,14 @@ def test_full_16khz_model_saved_by_dac_encodes_and_reconstructs_as_dac(tmp_path)
   n = (ours.shape[1] - inference.decoder_halo_frames(config.model)) * 320
   err = np.max(np.abs(out[:n] - decoded[:n]))
   assert err <= 1 / 32768 + 1e-5 * np.max(np.abs(decoded)), err
+
+  # And back: export-dac writes what dac.DAC.load reads, with DAC's own tensors.
+  cli.main(['export-dac', '--checkpoint', str(run), '-o', str(tmp_path / 'back.pth')])
+  back = dac.DAC.load(str(tmp_path / 'back.pth')).eval()
+  original = model.state_dict()
+  assert back.state_dict().keys() == original.keys()
+  for k, v in back.state_dict().items():
+    np.testing.assert_array_equal(v.numpy(), original[k].numpy(), err_msg=k)
 
 
 def test_discriminator_saved_by_dacs_trainer_imports_and_computes_as_dac(ref, tmp_path):
