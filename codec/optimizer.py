@@ -58,18 +58,19 @@ class AdamW:
   clip: float  # the gradient's global norm is scaled down to this when larger
   warmup: int = 0  # updates over which the rate rises linearly to its peak (0: none, as DAC)
   cooldown: int = 0  # last updates of `total` over which the rate falls linearly to 0 (0: none)
-  total: int = 0  # updates in the whole run; needed only with a cooldown
+  total: int = 0  # updates this optimizer makes in the whole run; needed only with a cooldown
 
   @classmethod
   def from_config(cls, optim: ml_collections.ConfigDict, clip: float,
-                  total_steps: int = 0) -> 'AdamW':
-    """total_steps: the run's steps (Schedule.total_steps), needed with optim.cooldown_steps."""
-    if optim.cooldown_steps and not total_steps:
+                  updates: int | None = None) -> 'AdamW':
+    """updates: how many updates this optimizer makes in the run, needed with
+    optim.cooldown_steps (the run's steps, less any held back: make_models)."""
+    if optim.cooldown_steps and updates is None:
       raise ValueError(f'optim.cooldown_steps={optim.cooldown_steps} needs the run\'s total steps '
                        '(make_models(config, total_steps=...))')
     return cls(learning_rate=optim.learning_rate, lr_decay=optim.lr_decay, b1=optim.b1,
                b2=optim.b2, weight_decay=optim.weight_decay, clip=clip,
-               warmup=optim.warmup_steps, cooldown=optim.cooldown_steps, total=total_steps)
+               warmup=optim.warmup_steps, cooldown=optim.cooldown_steps, total=updates or 0)
 
   def learning_rate_at(self, count: jax.Array) -> jax.Array:
     """The rate of update number count + 1: learning_rate * lr_decay ** count, times

@@ -93,10 +93,14 @@ def check_validation_set(val_audio: np.ndarray, data_config: ml_collections.Conf
 
 
 def make_models(config: ml_collections.ConfigDict, backend: str | None = None,
-                total_steps: int = 0) -> Models:
+                total_steps: int | None = None) -> Models:
   """backend: where the step will run (default: jax's default backend), for codec/compute.py;
   total_steps: the run's (Schedule.total_steps), for the learning rate's optim.cooldown_steps."""
   dtype = jnp.bfloat16 if config.optim.compute_dtype == 'bfloat16' else jnp.float32
+  # The generator's optimizer counts only its own updates: none during the discriminators'
+  # warm-up, so that its cooldown, too, ends at the run's last step.
+  gen_updates = (None if total_steps is None
+                 else max(total_steps - config.optim.discriminator_warmup_steps, 0))
   kernels = compute.choose(config.model.kernels, backend or jax.default_backend(),
                            config.optim.compute_dtype)
   # AdamW with DAC's betas and per-step decay after global-norm clipping. A step with a
@@ -106,9 +110,10 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None,
       gen=generator.Generator.from_config(config.model, dtype=dtype, kernels=kernels),
       disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype,
                                                      kernels=kernels),
-      gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator, total_steps),
+      gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator,
+                                          updates=gen_updates),
       disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator,
-                                           total_steps),
+                                           updates=total_steps),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
       ema_decay=config.optim.ema_decay,
       codebook_restart_steps=config.optim.codebook_restart_steps,

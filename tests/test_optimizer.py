@@ -97,7 +97,7 @@ def test_warmup_rises_linearly_then_decays():
 
 def test_cooldown_falls_linearly_over_the_last_updates():
   cooldown = ml_collections.ConfigDict({**OPTIM.to_dict(), 'cooldown_steps': 4})
-  opt = optimizer.AdamW.from_config(cooldown, CLIP, total_steps=10)
+  opt = optimizer.AdamW.from_config(cooldown, CLIP, updates=10)
   np.testing.assert_allclose(
       [opt.learning_rate_at(n) for n in (0, 6, 7, 9, 10)],
       [1e-2, 1e-2 * 0.9 ** 6, 1e-2 * 0.9 ** 7 * 3 / 4, 1e-2 * 0.9 ** 9 / 4, 0.0], rtol=1e-6)

@@ -167,7 +167,7 @@ def test_learning_rate_cooldown_ends_at_the_runs_last_step(tiny_corpus, tmp_path
   """The optimizers learn the run's total steps (epochs, or max_steps when it stops earlier)."""
   made = []
 
-  def make_models(config, backend=None, total_steps=0):
+  def make_models(config, backend=None, total_steps=None):
     made.append(total_steps)
     raise KeyboardInterrupt  # enough: nothing compiles
 
@@ -178,6 +178,18 @@ def test_learning_rate_cooldown_ends_at_the_runs_last_step(tiny_corpus, tmp_path
     with pytest.raises(KeyboardInterrupt):
       train.train_and_evaluate(config, str(tmp_path / f'run{max_steps}'))
     assert made[-1] == total
+
+
+def test_cooldown_of_a_generator_held_by_the_discriminator_warmup_ends_with_the_run():
+  """The generator makes no update during the discriminators' warm-up, so its optimizer's count
+  lags the step by the warm-up: its last update (count 24 - 6 - 1) is its last nonzero rate."""
+  config = tiny_config(**{'optim.cooldown_steps': 4, 'optim.discriminator_warmup_steps': 6})
+  models = train.make_models(config, total_steps=24)
+  for opt, last in ((models.gen_opt, 17), (models.disc_opt, 23)):
+    rates = [float(opt.learning_rate_at(n)) for n in (last - 4, last, last + 1)]
+    assert rates[0] > 0 and 0 < rates[1] < rates[0] / 3 and rates[2] == 0, rates
+  with pytest.raises(ValueError, match=r'optim\.cooldown_steps=4 needs the run\'s total steps'):
+    train.make_models(config)
 
 
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
