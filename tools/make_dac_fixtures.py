@@ -7,7 +7,8 @@ tests, which read the file this writes):
 
 Seeded, tiny widths (the same code paths as the released models: the 16 kHz and 24 kHz rates
 2, 4, 5, 8 with an odd stride, and the 44.1 kHz rates 2, 4, 8, 8). The full-width 16 kHz model is
-too large for a committed file: tests/test_dac_runs.py compares it live, where torch and dac import. Recorded, with the torch and dac versions:
+too large for a committed file: tests/test_dac_runs.py compares it live, where torch and dac
+import. Recorded, with the torch and dac versions:
 - per generator config: DAC's constructor kwargs, state dict, input audio, encoder latent, codes,
   quantizer losses, decoded audio;
 - discriminators (DAC's own MPD/MRD classes, convs narrowed so the file stays small): state dict,
