@@ -23,6 +23,11 @@ from codec import losses
 
 FIXTURE = pathlib.Path(__file__).parent / 'fixtures' / 'dac_reference.npz'
 REL = 1e-5
+# DAC's transposed convs drop a sample per odd stride (our output is the input's length): the last
+# samples of decoded audio, which see that sample or its absence, differ by design: after the
+# stride-5 stage (rates 8, 5, 4, 2) the residual stacks' reach, 3 * (1 + 3 + 9) + 1 samples there,
+# is 40 * 8 output samples, plus 39 * 2 + 39 + 3 from the later stages.
+ODD_STRIDE_TAIL = 440
 
 
 @pytest.fixture(scope='module')
@@ -76,11 +81,7 @@ def test_generator_matches_dac(ref, name):
   _close(out.commitment_loss, ref[f'{name}/commitment'], what='commitment loss')
   _close(out.codebook_loss, ref[f'{name}/codebook'], what='codebook loss')
   decoded = ref[f'{name}/decoded']
-  # DAC's transposed convs drop a sample per odd stride (our output is the input's length): the
-  # last samples, which see that sample or its absence, differ by design: after the stride-5
-  # stage (rates 8, 5, 4, 2) the residual stacks' reach, 3 * (1 + 3 + 9) + 1 samples there, is
-  # 40 * 8 output samples, plus 39 * 2 + 39 + 3 from the later stages: 440.
-  tail = 0 if decoded.shape[-1] == audio.shape[-1] else 440
+  tail = 0 if decoded.shape[-1] == audio.shape[-1] else ODD_STRIDE_TAIL
   n = decoded.shape[-1] - tail
   _close(out.audio[:, :n], decoded[:, :n], what='decoded audio')
 

@@ -24,6 +24,13 @@ def ref():
     return {k: f[k] for k in f.files}
 
 
+def _tone() -> np.ndarray:
+  """One second at 16 kHz of a 220 Hz tone in noise: f32[T]."""
+  rng = np.random.default_rng(0)
+  t = np.arange(16000) / 16000
+  return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
 def test_import_then_export_dac(ref, tmp_path, monkeypatch):
   state = {k[len('g16/state/'):]: v for k, v in ref.items() if k.startswith('g16/state/')}
   kwargs = json.loads(str(ref['g16/kwargs']))
@@ -102,9 +109,7 @@ def test_full_16khz_model_saved_by_dac_encodes_and_reconstructs_as_dac(tmp_path)
                   sample_rate=16000).eval()
   pth = tmp_path / 'weights_16khz.pth'
   model.save(str(pth), package=False)
-  rng = np.random.default_rng(0)
-  t = np.arange(16000) / 16000
-  audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+  audio = _tone()
   wav = tmp_path / 'clip.wav'
   sf.write(wav, audio, 16000, subtype='FLOAT')
   with torch.no_grad():
@@ -178,11 +183,11 @@ def test_a_run_trained_here_exports_to_dac_and_computes_there_as_here(tiny_corpu
   """Live (torch and dac): a run of our loop (the tiny 16 kHz config, a few steps, so its weights
   are trained ones, not an initialisation), through `export-dac`, is loaded by `dac.DAC.load`,
   and DAC's encode and decode compute from it the codes and the audio our generator computes
-  (within 1e-5 of the peak, leaving out the last 440 samples that DAC's odd stride changes, as
+  (within 1e-5 of the peak, leaving out the last samples that DAC's odd stride changes, as
   tests/test_dac_parity.py does)."""
   torch = pytest.importorskip('torch')
   dac = pytest.importorskip('dac')
-  from test_dac_parity import _close  # pylint: disable=g-import-not-at-top
+  from test_dac_parity import ODD_STRIDE_TAIL, _close  # pylint: disable=g-import-not-at-top
   run = tmp_path / 'run'
   train.train_and_evaluate(tiny_config(tiny_corpus, max_steps=4), str(run))
   cli.main(['export-dac', '--checkpoint', str(run), '-o', str(tmp_path / 'ours.pth')])
@@ -190,13 +195,11 @@ def test_a_run_trained_here_exports_to_dac_and_computes_there_as_here(tiny_corpu
 
   codec = inference.load(run)
   assert codec.step == 4
-  rng = np.random.default_rng(0)
-  t = np.arange(16000) / 16000
-  audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+  audio = _tone()
   ours = codec.gen.apply({'params': codec.params}, jnp.asarray(audio)[None])
   with torch.no_grad():
     latent, codes, *_ = model.encode(torch.from_numpy(audio)[None, None])
     decoded = model.decode(latent)[0].numpy()
   np.testing.assert_array_equal(np.asarray(ours.codes), codes.numpy())
-  n = decoded.shape[-1] - 440
+  n = decoded.shape[-1] - ODD_STRIDE_TAIL
   _close(np.asarray(ours.audio)[:, :n], decoded[:, :n], what='decoded audio')
