@@ -6,6 +6,7 @@
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -28,6 +29,20 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
                                num_processes=dist.num_processes, process_id=dist.process_id)
   elif os.environ.get('JAX_COORDINATOR_ADDRESS'):
     jax.distributed.initialize()
+  else:
+    return
+  _connect_hosts()
+
+
+def _connect_hosts() -> None:
+  """Connects the hosts' CPU collectives now, while every host is at the same point.
+
+  Gloo connects the hosts at their first collective and gives a late host 30 s: hosts that then
+  index a corpus or restore a checkpoint at different speeds could miss it. Here they have just
+  left the backend's creation, which waits for every host; later collectives over all devices
+  reuse this connection and wait for a late host past those 30 s (tests/test_parallel.py).
+  """
+  multihost_utils.sync_global_devices('codec_start')
 
 
 def make_mesh() -> Mesh:
