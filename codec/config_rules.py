@@ -177,6 +177,7 @@ RULES = {
     'num_audio_examples': integer(0),
     'checkpoint_dir': text(),
     'init_from': text(),
+    'dac_init': boolean(),
     'overwrite': boolean(),
     'use_wandb': boolean(),
     'malloc_hugepages': boolean(),

@@ -19,8 +19,8 @@ def _leaky_relu(x: jax.Array) -> jax.Array:
   return jnp.where(x >= 0, x, 0.1 * x)
 
 
-# Every conv here keeps PyTorch's default bias (torch_bias): DAC's `init_weights`, which zeroes
-# biases, is applied to its generator only.
+# With dac_init every conv here keeps PyTorch's default bias (torch_bias): DAC's `init_weights`,
+# which zeroes biases, is applied to its generator only.
 
 
 class PeriodDiscriminator(nn.Module):
@@ -35,6 +35,7 @@ class PeriodDiscriminator(nn.Module):
   channels: Sequence[int]  # all but the last conv stride 3 along time
   dtype: jnp.dtype = jnp.float32
   kernels: compute.Kernels = compute.XLA
+  torch_bias: bool = True  # layers.WNConv.torch_bias
 
   @nn.compact
   def __call__(self, audio: jax.Array):
@@ -47,11 +48,11 @@ class PeriodDiscriminator(nn.Module):
     for i, ch in enumerate(self.channels):
       stride = 1 if i == len(self.channels) - 1 else 3
       x = layers.WNConv(ch, (5, 1), strides=(stride, 1), padding=((2, 2), (0, 0)),
-                        dtype=self.dtype, kernels=self.kernels, torch_bias=True)(x)
+                        dtype=self.dtype, kernels=self.kernels, torch_bias=self.torch_bias)(x)
       x = _leaky_relu(x)
       features.append(unfold(x))
     logits = layers.WNConv(1, (3, 1), padding=((1, 1), (0, 0)), dtype=self.dtype,
-                           kernels=self.kernels, torch_bias=True)(x)
+                           kernels=self.kernels, torch_bias=self.torch_bias)(x)
     return unfold(logits).astype(jnp.float32), features
 
 
@@ -65,6 +66,7 @@ class BandDiscriminator(nn.Module):
   channels: int
   dtype: jnp.dtype = jnp.float32
   kernels: compute.Kernels = compute.XLA
+  torch_bias: bool = True  # layers.WNConv.torch_bias
 
   @nn.compact
   def __call__(self, audio: jax.Array):
@@ -79,7 +81,7 @@ class BandDiscriminator(nn.Module):
           ((3, 3), (1, 1), ((1, 1), (1, 1)))]
       for kernel, strides, padding in stack:
         band = layers.WNConv(self.channels, kernel, strides=strides, padding=padding,
-                             dtype=self.dtype, kernels=self.kernels, torch_bias=True)(band)
+                             dtype=self.dtype, kernels=self.kernels, torch_bias=self.torch_bias)(band)
         band = _leaky_relu(band)
         # Every layer, the first included, as in descript-audio-codec 1.0.0 (its later sources
         # skip the first; tests/test_dac_parity.py holds us to the release).
@@ -87,7 +89,7 @@ class BandDiscriminator(nn.Module):
       outputs.append(band)
     x = jnp.concatenate(outputs, axis=2)
     logits = layers.WNConv(1, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                           kernels=self.kernels, torch_bias=True)(x)
+                           kernels=self.kernels, torch_bias=self.torch_bias)(x)
     return logits.astype(jnp.float32), features
 
 
@@ -100,16 +102,18 @@ class Discriminators(nn.Module):
   band_channels: int
   dtype: jnp.dtype = jnp.float32
   kernels: compute.Kernels = compute.XLA
+  dac_init: bool = True  # config.dac_init: the initial weights only
 
   @classmethod
   def from_config(cls, disc: ml_collections.ConfigDict, dtype=jnp.float32,
-                  kernels: compute.Kernels | None = None) -> 'Discriminators':
+                  kernels: compute.Kernels | None = None,
+                  dac_init: bool = True) -> 'Discriminators':
     """kernels: how to compute (default: what 'auto' picks on jax's default backend)."""
     if kernels is None:
       kernels = compute.choose('auto', jax.default_backend(), jnp.dtype(dtype).name)
     return cls(periods=tuple(disc.periods), period_channels=tuple(disc.period_channels),
                fft_sizes=tuple(disc.fft_sizes), bands=tuple(tuple(b) for b in disc.bands),
-               band_channels=disc.band_channels, dtype=dtype, kernels=kernels)
+               band_channels=disc.band_channels, dtype=dtype, kernels=kernels, dac_init=dac_init)
 
   @property
   def count(self) -> int:
@@ -120,8 +124,9 @@ class Discriminators(nn.Module):
     # Remove DC and peak-normalise to 0.8, so the discriminators judge shape, not level.
     audio = audio - jnp.mean(audio, axis=-1, keepdims=True)
     audio = 0.8 * audio / (jnp.max(jnp.abs(audio), axis=-1, keepdims=True) + 1e-9)
-    results = [PeriodDiscriminator(p, self.period_channels, dtype=self.dtype,
-                                   kernels=self.kernels)(audio) for p in self.periods]
+    results = [PeriodDiscriminator(p, self.period_channels, dtype=self.dtype, kernels=self.kernels,
+                                   torch_bias=self.dac_init)(audio) for p in self.periods]
     results += [BandDiscriminator(n, self.bands, self.band_channels, dtype=self.dtype,
-                                  kernels=self.kernels)(audio) for n in self.fft_sizes]
+                                  kernels=self.kernels, torch_bias=self.dac_init)(audio)
+                for n in self.fft_sizes]
     return results

@@ -70,6 +70,7 @@ class Decoder(nn.Module):
   rates: tuple[int, ...]
   dtype: jnp.dtype = jnp.float32
   kernels: compute.Kernels = compute.XLA
+  torch_upsample_init: bool = True  # layers.WNConvTranspose1d.torch_init
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
@@ -77,7 +78,8 @@ class Decoder(nn.Module):
     for i, stride in enumerate(self.rates):
       out_dim = self.dim // 2 ** (i + 1)
       x = layers.Snake(self.kernels)(x)
-      x = layers.WNConvTranspose1d(out_dim, stride, dtype=self.dtype)(x)
+      x = layers.WNConvTranspose1d(out_dim, stride, dtype=self.dtype,
+                                   torch_init=self.torch_upsample_init)(x)
       x = _residual_stack(x, out_dim, self.dtype, self.kernels)
     x = layers.Snake(self.kernels)(x)
     x = layers.WNConv(1, (7,), padding=((3, 3),), dtype=self.dtype, kernels=self.kernels)(x)
@@ -107,10 +109,11 @@ class Generator(nn.Module):
   quantizer_dropout: float
   dtype: jnp.dtype = jnp.float32
   kernels: compute.Kernels = compute.XLA
+  dac_init: bool = True  # config.dac_init: the initial weights only
 
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict, dtype=jnp.float32,
-                  kernels: compute.Kernels | None = None) -> 'Generator':
+                  kernels: compute.Kernels | None = None, dac_init: bool = True) -> 'Generator':
     """kernels: how to compute (default: what `model.kernels` picks on jax's default backend)."""
     if kernels is None:
       kernels = compute.choose(compute.configured(model), jax.default_backend(),
@@ -124,7 +127,7 @@ class Generator(nn.Module):
         decoder_dim=model.decoder_dim, decoder_rates=tuple(model.decoder_rates),
         n_codebooks=model.n_codebooks, codebook_size=model.codebook_size,
         codebook_dim=model.codebook_dim, quantizer_dropout=model.quantizer_dropout, dtype=dtype,
-        kernels=kernels)
+        kernels=kernels, dac_init=dac_init)
 
   @property
   def hop_length(self) -> int:
@@ -137,7 +140,7 @@ class Generator(nn.Module):
         self.latent_dim, self.n_codebooks, self.codebook_size, self.codebook_dim,
         self.quantizer_dropout, kernels=self.kernels)
     self.decoder = Decoder(self.decoder_dim, self.decoder_rates, dtype=self.dtype,
-                           kernels=self.kernels)
+                           kernels=self.kernels, torch_upsample_init=self.dac_init)
 
   def _encode_latent(self, audio: jax.Array) -> jax.Array:
     """audio: f32[B, T] -> f32[B, ceil(T / hop), latent]; right-pads T to a multiple of the hop."""

@@ -29,6 +29,8 @@ Initializer = Callable[..., jax.Array]
 # - transposed convs (not nn.Conv1d, so `init_weights` skips them): PyTorch's default for kernel
 #   and bias, with PyTorch's fan-in of a [C_in, C_out, K] weight: C_out * K (dim 1 times the
 #   taps), not flax's K * C_in for our [K, C_in, C_out] kernel.
+# config.dac_init=False (WNConvTranspose1d.torch_init, WNConv.torch_bias) departs from the last
+# two: zero biases in the discriminators, flax's fan-in and a zero bias in the transposed convs.
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
@@ -119,14 +121,20 @@ class WNConvTranspose1d(nn.Module):
   features: int
   stride: int
   dtype: jnp.dtype = jnp.float32
+  # True: PyTorch's default for a ConvTranspose1d (DAC's). False: our other convs' fan-in (K x
+  # C_in) for the kernel, and a zero bias.
+  torch_init: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     s, c_in, c_out = self.stride, x.shape[-1], self.features
-    init = torch_uniform(c_out * 2 * s)  # PyTorch's fan-in of a transposed conv: C_out * K
+    if self.torch_init:
+      init = bias_init = torch_uniform(c_out * 2 * s)  # PyTorch's fan-in here: C_out * K
+    else:
+      init, bias_init = torch_default_init, nn.initializers.zeros
     v = self.param('kernel', init, (2 * s, c_in, c_out))
     g = self.param('scale', _norm_init(v, 1))
-    b = self.param('bias', init, (c_out,))
+    b = self.param('bias', bias_init, (c_out,))
     w = _weight_norm(v, g, 1).astype(self.dtype)
     # Output sample q*s + r - p receives x[q] @ w[r] + x[q-1] @ w[r+s], for phase r in [0, s):
     # two matrix products over frames q in [0, L], then interleaved. (Plain matmuls also make the

@@ -107,9 +107,10 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None,
   # non-finite gradient leaves parameters and optimizer state untouched (the loop then stops the
   # run), so a NaN can never reach a checkpoint.
   return Models(
-      gen=generator.Generator.from_config(config.model, dtype=dtype, kernels=kernels),
+      gen=generator.Generator.from_config(config.model, dtype=dtype, kernels=kernels,
+                                          dac_init=config.dac_init),
       disc=discriminators.Discriminators.from_config(config.discriminator, dtype=dtype,
-                                                     kernels=kernels),
+                                                     kernels=kernels, dac_init=config.dac_init),
       gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator,
                                           updates=gen_updates),
       disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator,

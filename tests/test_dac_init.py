@@ -130,3 +130,44 @@ def test_fixture_is_what_the_installed_dac_draws(ref):
   live = json.loads(json.dumps(make_dac_init_stats.init_stats()))  # tuples -> lists, as the file
   live.pop('versions')
   assert live == {k: v for k, v in ref.items() if k != 'versions'}
+
+
+def _init_both_ways(make, length: int):
+  """The parameters of make(dac_init) for True and False, from one key, as flat {path: array}."""
+  flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(x)
+                       for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  audio = jax.ShapeDtypeStruct((1, length), jnp.float32)
+  return [flat(make(dac_init).lazy_init(jax.random.key(0), audio)['params'])
+          for dac_init in (True, False)]
+
+
+def test_without_dac_init_only_the_transposed_convs_and_discriminator_biases_change():
+  """config.dac_init=False: the decoder's transposed convs draw U(+-1/sqrt(K C_in)) kernels (our
+  other convs' fan-in) and zero biases, the discriminators' convs zero biases; every other tensor
+  is drawn exactly as with DAC's initialisation."""
+  config = config_lib.base_config()
+  config_lib.make_tiny(config)
+  gen_dac, gen_ours = _init_both_ways(
+      lambda dac_init: generator.Generator.from_config(config.model, dac_init=dac_init), 320)
+  transposed = {k for k in gen_dac if 'WNConvTranspose1d' in k}
+  assert transposed and gen_dac.keys() == gen_ours.keys()
+  for key in sorted(set(gen_dac) - transposed):
+    np.testing.assert_array_equal(gen_ours[key], gen_dac[key], err_msg=key)
+  for key in sorted(k for k in transposed if k.endswith("['kernel']")):
+    taps, c_in, c_out = gen_ours[key].shape
+    for params, fan_in in ((gen_ours, taps * c_in), (gen_dac, taps * c_out)):
+      bound = np.max(np.abs(params[key]))
+      assert 0.9 < bound * math.sqrt(fan_in) <= 1, (key, bound, fan_in)
+    bias = key.replace("['kernel']", "['bias']")
+    assert not np.any(gen_ours[bias]) and np.all(gen_dac[bias]), bias
+
+  disc_dac, disc_ours = _init_both_ways(
+      lambda dac_init: discriminators.Discriminators.from_config(config.discriminator,
+                                                                 dac_init=dac_init), 2048)
+  biases = {k for k in disc_dac if k.endswith("['bias']")}
+  assert len(biases) > 10 and disc_dac.keys() == disc_ours.keys()
+  for key in sorted(disc_dac):
+    if key in biases:
+      assert not np.any(disc_ours[key]) and np.all(disc_dac[key]), key
+    else:
+      np.testing.assert_array_equal(disc_ours[key], disc_dac[key], err_msg=key)
