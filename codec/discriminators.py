@@ -81,7 +81,8 @@ class BandDiscriminator(nn.Module):
           ((3, 3), (1, 1), ((1, 1), (1, 1)))]
       for kernel, strides, padding in stack:
         band = layers.WNConv(self.channels, kernel, strides=strides, padding=padding,
-                             dtype=self.dtype, kernels=self.kernels, torch_bias=self.torch_bias)(band)
+                             dtype=self.dtype, kernels=self.kernels,
+                             torch_bias=self.torch_bias)(band)
         band = _leaky_relu(band)
         # Every layer, the first included, as in descript-audio-codec 1.0.0 (its later sources
         # skip the first; tests/test_dac_parity.py holds us to the release).
