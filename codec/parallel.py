@@ -7,6 +7,7 @@ import os
 
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -37,12 +38,19 @@ def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
 def _connect_hosts() -> None:
   """Connects the hosts' CPU collectives now, while every host is at the same point.
 
-  Gloo connects the hosts at their first collective and gives a late host 30 s: hosts that then
-  index a corpus or restore a checkpoint at different speeds could miss it. Here they have just
-  left the backend's creation, which waits for every host; later collectives over all devices
-  reuse this connection and wait for a late host past those 30 s (tests/test_parallel.py).
+  Gloo connects the devices of a collective the first time that set of devices meets, and gives
+  a late host 30 s: hosts that then index a corpus, restore a checkpoint or compile the train
+  step at different speeds could miss it. Here they have just left the backend's creation, which
+  waits for every host. Two sets meet later: one device of each host (the barriers of
+  `sync_global_devices`, which Orbax uses) and every device (the train step's reductions). Later
+  collectives reuse these connections and wait for a late host past those 30 s
+  (tests/test_parallel.py).
   """
   multihost_utils.sync_global_devices('codec_start')
+  mesh = make_mesh()
+  ones = jax.make_array_from_callback((jax.device_count(),), batch_sharding(mesh),
+                                      lambda index: np.ones(1, np.float32))
+  jax.jit(jnp.sum, out_shardings=replicated(mesh))(ones).block_until_ready()
 
 
 def make_mesh() -> Mesh:

@@ -6,22 +6,30 @@ import sys
 
 from conftest import ROOT
 
-# Host 1 reaches its first collective after host 0 has waited longer than gloo's 30 s for a peer.
+# Each host in turn reaches a first collective after the other has waited longer than gloo's 30 s.
 LATE_S = 35
 
 HOST = f'''
 import sys, time
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 from codec import parallel
 process_id, address = int(sys.argv[1]), sys.argv[2]
 parallel.initialize_distributed(ml_collections.ConfigDict(dict(
     num_processes=2, process_id=process_id, coordinator_address=address)))
 assert jax.device_count() == 4  # as the launcher checks the batch: every host's backend is up
-if process_id == 1:  # e.g. indexing a larger share of the corpus, or a slower disk
+mesh = parallel.make_mesh()
+ones = parallel.shard_global(np.ones(4, np.float32), mesh)
+if process_id == 1:  # e.g. indexing a larger share of the corpus, or compiling slower
   time.sleep({LATE_S})
-multihost_utils.sync_global_devices('first_after_start')
+# Every device, as the train step's reductions: host 0 waits for host 1 here.
+assert float(jax.jit(jnp.sum, out_shardings=parallel.replicated(mesh))(ones)) == 4
+if process_id == 0:
+  time.sleep({LATE_S})
+multihost_utils.sync_global_devices('first_barrier')  # one device per host: host 1 waits
 print('in step', flush=True)
 '''
 
@@ -40,7 +48,7 @@ def test_a_host_late_to_its_first_collective_still_joins(tmp_path):
                                         stdout=out, stderr=subprocess.STDOUT))
   for p in processes:
     try:
-      p.wait(timeout=LATE_S + 120)
+      p.wait(timeout=2 * LATE_S + 120)
     except subprocess.TimeoutExpired:  # without the connection at start, host 1 hangs
       p.kill()
       p.wait()
