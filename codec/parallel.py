@@ -48,8 +48,7 @@ def _connect_hosts() -> None:
   """
   multihost_utils.sync_global_devices('codec_start')
   mesh = make_mesh()
-  ones = jax.make_array_from_callback((jax.device_count(),), batch_sharding(mesh),
-                                      lambda index: np.ones(1, np.float32))
+  ones = shard_global(np.ones(jax.device_count(), np.float32), mesh)
   jax.jit(jnp.sum, out_shardings=replicated(mesh))(ones).block_until_ready()
 
 

@@ -5,7 +5,10 @@ compilation cache lets subprocess runs of the launcher reuse what the suite alre
 """
 import os
 import pathlib
+import socket
+import subprocess
 import sys
+import time
 
 import logging
 
@@ -20,6 +23,23 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(ROOT / '.pytest_cache' / 'jax'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '2')
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def wait_all(processes, timeout: float = 300.0) -> None:
+  """Waits for every process; kills those still running after `timeout` s (they fail the test)."""
+  deadline = time.time() + timeout
+  for p in processes:
+    try:
+      p.wait(timeout=max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
 
 
 def write_corpus(root: pathlib.Path, n_files: int = 6, seconds: float = 1.0,

@@ -4,7 +4,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from conftest import README_FLAGS
 from conftest import read_events
 from conftest import records_of
 from conftest import ROOT
+from conftest import free_port
+from conftest import wait_all
 
 pytestmark = pytest.mark.slow
 
@@ -185,23 +186,6 @@ def test_sigkills_at_random_moments_end_like_an_uninterrupted_run(two_epoch_run,
   assert (run / 'health.jsonl').read_text() == (full_dir / 'health.jsonl').read_text()
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _wait_all(processes, timeout: float = 300.0) -> None:
-  """Waits for every process; kills those still running after `timeout` s (they fail the test)."""
-  deadline = time.time() + timeout
-  for p in processes:
-    try:
-      p.wait(timeout=max(1.0, deadline - time.time()))
-    except subprocess.TimeoutExpired:
-      p.kill()
-      p.wait()
-
-
 def test_two_processes_train_like_one_and_stop_together_on_one_signal(two_epoch_run, tiny_corpus,
                                                                      tmp_path):
   """Two hosts on localhost (gloo CPU collectives, 2 devices each) vs one host with 4 devices.
@@ -214,7 +198,7 @@ def test_two_processes_train_like_one_and_stop_together_on_one_signal(two_epoch_
   """
   _, one_host, _, _ = two_epoch_run
   run = tmp_path / 'two_hosts'
-  address = f'127.0.0.1:{_free_port()}'
+  address = f'127.0.0.1:{free_port()}'
   steps = 3  # the one-host run keeps a checkpoint there
   common = ['--config', 'experiments/dac_16khz.py:tiny', '--data_dir', tiny_corpus,
             '--checkpoint_dir', run, '--num_epochs', '2', '--config.checkpoint_every_steps=3',
@@ -238,7 +222,7 @@ def test_two_processes_train_like_one_and_stop_together_on_one_signal(two_epoch_
       time.sleep(0.05)
     processes[1].send_signal(signal.SIGTERM)
   finally:
-    _wait_all(processes)  # a host saving alone would hang in the collective save: killed then
+    wait_all(processes)  # a host saving alone would hang in the collective save: killed then
   outputs = [c.read_text() for c in consoles]
   assert all(p.returncode == 0 for p in processes), [o[-3000:] for o in outputs]
   saved = [re.findall(r'Saved step (\d+); run the same command again', o) for o in outputs]
@@ -260,7 +244,7 @@ def test_two_processes_train_like_one_and_stop_together_on_one_signal(two_epoch_
   # The same commands resume on both hosts; max_steps at the saved step ends them there, before
   # a step compiles again (the steps of two hosts are checked above).
   processes = start(f'--config.max_steps={stopped}')
-  _wait_all(processes)
+  wait_all(processes)
   outputs = [c.read_text() for c in consoles]
   assert all(p.returncode == 0 for p in processes), [o[-3000:] for o in outputs]
   assert all(f'Resumed from step {stopped}' in o for o in outputs), [o[-3000:] for o in outputs]

@@ -1,10 +1,9 @@
 """Joining a multi-host run: two processes on localhost, 2 simulated CPU devices each."""
 import os
-import socket
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_all
 
 # Each host in turn reaches a first collective after the other has waited longer than gloo's 30 s.
 LATE_S = 35
@@ -35,9 +34,7 @@ print('in step', flush=True)
 
 
 def test_a_host_late_to_its_first_collective_still_joins(tmp_path):
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    address = f'127.0.0.1:{s.getsockname()[1]}'
+  address = f'127.0.0.1:{free_port()}'
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
          'PYTHONPATH': str(ROOT)}
   consoles = [tmp_path / f'host_{i}.txt' for i in range(2)]
@@ -46,12 +43,7 @@ def test_a_host_late_to_its_first_collective_still_joins(tmp_path):
     with open(console, 'w') as out:
       processes.append(subprocess.Popen([sys.executable, '-c', HOST, str(i), address], env=env,
                                         stdout=out, stderr=subprocess.STDOUT))
-  for p in processes:
-    try:
-      p.wait(timeout=2 * LATE_S + 120)
-    except subprocess.TimeoutExpired:  # without the connection at start, host 1 hangs
-      p.kill()
-      p.wait()
+  wait_all(processes, timeout=2 * LATE_S + 120)  # without the connections at start: a hang
   outputs = [c.read_text() for c in consoles]
   assert all(p.returncode == 0 for p in processes), [o[-2000:] for o in outputs]
   assert all('in step' in o for o in outputs), [o[-2000:] for o in outputs]
