@@ -51,6 +51,11 @@ DEMO_CORPUS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'data' / 'tel
 _LOG = logging.getLogger('codec.data')
 # How many later excerpts of the epoch's order are tried in place of a silent or broken one.
 _MAX_REPLACEMENTS = 16
+# A worker process hands its batches over this many bytes at a time. grain's hand-over between
+# processes costs about a millisecond per element whatever its size, as long as reading a batch of
+# 12 x 0.38 s takes: one batch per element made one worker slower than none (docs/performance.md).
+_CHUNK_BYTES = 8 * 2**20
+_MAX_CHUNK = 32  # batches: tiny test batches would otherwise wait for thousands to be read
 # Independent random streams drawn from the same (seed, epoch, ...) key.
 _OFFSET_STREAM, _AUGMENT_STREAM, _SHUFFLE_STREAM, _SALIENT_STREAM = 1, 2, 3, 4
 
@@ -356,17 +361,20 @@ class TrainIterator:
 
   Batch n belongs to epoch n // steps_per_epoch. The state is the number of batches delivered, so it
   survives changing data.num_workers; set_state() restarts the grain pipeline at that batch.
+  Worker processes hand over `chunk` consecutive batches at a time (f32[chunk, B_local, T]).
   """
 
   def __init__(self, batches: grain.MapDataset, *, steps_per_epoch: int, excerpts_per_epoch: int,
-               num_workers: int, prefetch: int):
+               num_workers: int, prefetch: int, chunk: int):
     self._batches = batches
     self.steps_per_epoch = steps_per_epoch
     self._excerpts_per_epoch = excerpts_per_epoch
     self._num_workers = num_workers
     self._prefetch = prefetch
+    self._chunk = chunk if num_workers else 1
     self._next_batch = 0
     self._it = None
+    self._rows = []  # batches of the current chunk not yet delivered
 
   @property
   def epoch(self) -> int:
@@ -374,18 +382,20 @@ class TrainIterator:
     return self._next_batch // self.steps_per_epoch
 
   def _open(self) -> grain.DatasetIterator:
+    """An iterator of f32[chunk, B_local, T] from batch self._next_batch on."""
     ds = self._batches[self._next_batch:]
     if self._num_workers == 0:
       # Threads overlap file reads (soundfile and numpy release the GIL).
-      return iter(ds.to_iter_dataset(grain.ReadOptions(
-          num_threads=self._prefetch, prefetch_buffer_size=self._prefetch)))
+      return iter(ds.map(functools.partial(np.expand_dims, axis=0)).to_iter_dataset(
+          grain.ReadOptions(num_threads=self._prefetch, prefetch_buffer_size=self._prefetch)))
     if not flags.FLAGS.is_parsed():
       # grain's worker start-up reads absl flags; a script without absl.app has not parsed them.
       flags.FLAGS.mark_as_parsed()
     # Each worker reads with as many threads as the training process does without workers, so
     # one worker delivers what no worker did, and each added worker adds to it.
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=self._prefetch,
-                                              prefetch_buffer_size=self._prefetch))
+    # drop_remainder: the stream is endless, and rounding its length up overflows an index.
+    ds = ds.batch(self._chunk, drop_remainder=True).to_iter_dataset(grain.ReadOptions(
+        num_threads=self._prefetch, prefetch_buffer_size=self._prefetch))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=self._num_workers, per_worker_buffer_size=max(self._prefetch, 1)))
     # Own copies: grain hands over shared-memory arrays, which leak if still alive at exit.
@@ -398,11 +408,12 @@ class TrainIterator:
     return self
 
   def __next__(self) -> np.ndarray:
-    if self._it is None:
-      self._it = self._open()
-    batch = next(self._it)
+    if not self._rows:
+      if self._it is None:
+        self._it = self._open()
+      self._rows = list(next(self._it))
     self._next_batch += 1
-    return batch
+    return self._rows.pop(0)
 
   def get_state(self) -> dict[str, int]:
     """JSON-serialisable; the corpus sizes let set_state notice a changed corpus."""
@@ -423,6 +434,7 @@ class TrainIterator:
   def close(self) -> None:
     """Stops prefetch threads and worker processes (also done on garbage collection)."""
     it, self._it = self._it, None
+    self._rows = []
     if it is not None:
       it.close()
 
@@ -443,6 +455,11 @@ class Datasets:
   def train_iterator(self) -> TrainIterator:
     """A fresh iterator at batch 0 (epoch 0); restore a saved position with set_state()."""
     return TrainIterator(**self._iterator_args)
+
+
+def _chunk(batch_samples: int) -> int:
+  """Batches per hand-over from a worker process, for f32 batches of batch_samples samples."""
+  return int(np.clip(_CHUNK_BYTES // (4 * batch_samples), 1, _MAX_CHUNK))
 
 
 def _seconds_to_samples(seconds: float, sample_rate: int) -> int:
@@ -558,4 +575,5 @@ def make_datasets(data_config: ml_collections.ConfigDict, *, sample_rate: int,
   return Datasets(
       steps_per_epoch=steps, val_audio=val_audio, summary=summary, excerpts_per_epoch=plan.total,
       _iterator_args=dict(batches=batches, steps_per_epoch=steps, excerpts_per_epoch=plan.total,
-                          num_workers=data_config.num_workers, prefetch=data_config.prefetch))
+                          num_workers=data_config.num_workers, prefetch=data_config.prefetch,
+                          chunk=_chunk(excerpt_length * global_batch_size // process_count)))

@@ -178,12 +178,36 @@ def test_two_processes_split_each_global_batch(tmp_path):
     _make(c, process_index=0, process_count=3)
 
 
-def test_worker_processes_deliver_the_same_batches(tmp_path):
+def test_worker_processes_deliver_the_same_batches_and_resume_inside_a_chunk(tmp_path):
   c = _config(_noise_corpus(tmp_path, n_files=3))
-  expected = _take(_make(c).train_iterator(), 5)
+  ds = _make(c)
+  chunk = ds._iterator_args['chunk']  # pylint: disable=protected-access
+  assert chunk > 1  # several batches per hand-over, so the test crosses a chunk's end
+  n = chunk + 3
+  expected = _take(ds.train_iterator(), n)
   c.num_workers = 1
   it = _make(c).train_iterator()
-  got = _take(it, 5)
+  got = _take(it, 2)
+  state = it.get_state()
+  it.close()
+  resumed = _make(c).train_iterator()
+  resumed.set_state(state)
+  got += _take(resumed, n - 2)
+  resumed.close()
+  assert len(got) == n
+  for a, b in zip(expected, got):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batches_larger_than_a_chunk_go_one_at_a_time(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, '_CHUNK_BYTES', 1)  # as batches of many long excerpts
+  c = _config(_noise_corpus(tmp_path, n_files=3))
+  expected = _take(_make(c).train_iterator(), 3)
+  c.num_workers = 1
+  ds = _make(c)
+  assert ds._iterator_args['chunk'] == 1  # pylint: disable=protected-access
+  it = ds.train_iterator()
+  got = _take(it, 3)
   it.close()
   for a, b in zip(expected, got):
     np.testing.assert_array_equal(a, b)
@@ -244,6 +268,16 @@ def test_salient_candidates_are_fixed_by_seed_epoch_and_excerpt():
 
 
 # ---- Audio: resampling, loudness, augmentation.
+
+
+def test_to_mono_is_the_mean_of_the_channels():
+  rng = np.random.default_rng(0)
+  for channels in (1, 2, 3, 6):
+    audio = rng.standard_normal((1000, channels)).astype(np.float32)
+    mono = audio_io.to_mono(audio)
+    assert mono.shape == (1000,) and mono.dtype == np.float32
+    # Stereo to the bit: 0.5 * a + 0.5 * b == (a + b) / 2 in float32.
+    np.testing.assert_allclose(mono, audio.mean(axis=1), rtol=0, atol=0 if channels <= 2 else 1e-6)
 
 
 def test_load_audio_mixes_stereo_and_resamples(tmp_path):
