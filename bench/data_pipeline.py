@@ -151,8 +151,7 @@ def bench_corpus(label: str, root: pathlib.Path, args, work: str) -> dict:
                     cache_dir=cache_dir)
   it.close()
   rows = [measure(c, workers=int(w), batches=args.batches, seconds=args.seconds,
-                  batch_size=args.batch_size,
-                  sample_rate=args.sample_rate, cache_dir=cache_dir)
+                  batch_size=args.batch_size, sample_rate=args.sample_rate, cache_dir=cache_dir)
           for w in args.workers.split(',')]
   rates = [row['audio_s_per_s'] for row in rows]
   return {'corpus': label, 'cold_startup_s': round(cold, 2), 'rows': rows,
@@ -197,7 +196,8 @@ def main() -> None:
       results.append({'kind': kind, **bench_corpus(label, root, args, work)})
 
   print(f'global batch {args.batch_size} x {args.excerpt_seconds} s at {args.sample_rate} Hz; '
-        f'at least {args.batches} batches and {args.seconds:g} s timed; {os.cpu_count()} CPU cores; target '
+        f'at least {args.batches} batches and {args.seconds:g} s timed; '
+        f'{os.cpu_count()} CPU cores; target '
         f'{TARGET_PER_WORKER:g} audio-s/s per worker process, no slower with more workers')
   print('| corpus | cold start-up s | workers | warm start-up s | audio-s/s | per worker | met |')
   print('|---|---|---|---|---|---|---|')
