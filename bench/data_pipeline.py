@@ -125,9 +125,9 @@ def measure(c, *, workers: int, batches: int, seconds: float, batch_size: int, s
   where one worker's timings then spread by 20%)."""
   it, startup = _start(c, workers=workers, batch_size=batch_size, sample_rate=sample_rate,
                        cache_dir=cache_dir)
-  # Untimed until every worker has delivered twice: workers start one process each (an import
-  # of jax and numpy), which is start-up, not throughput.
-  for _ in range(2 * workers):
+  # Untimed until every worker has delivered twice (a hand-over is `it.chunk` batches): workers
+  # start one process each (an import of jax and numpy), which is start-up, not throughput.
+  for _ in range(2 * workers * it.chunk):
     next(it)
   start = time.perf_counter()
   n = 0

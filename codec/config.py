@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.salient_db = -40.0
   c.data.salient_tries = 8
   c.data.num_workers = 0
-  c.data.prefetch = 2
+  c.data.prefetch = 2  # batches read ahead; read threads (per worker: at most its share of cores)
   c.data.open_files = 64  # per worker: idle file handles kept open (opening an mp3 scans it)
   c.data.decode_cache_mb = 256  # per worker: LRU of whole files decoded (only files soundfile
   # cannot read, decoded by librosa)

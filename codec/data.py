@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 import pathlib
 import threading
 from typing import Any
@@ -377,6 +378,11 @@ class TrainIterator:
     self._rows = []  # batches of the current chunk not yet delivered
 
   @property
+  def chunk(self) -> int:
+    """Batches per hand-over from a worker process (1 without workers)."""
+    return self._chunk
+
+  @property
   def epoch(self) -> int:
     """The epoch of the next batch."""
     return self._next_batch // self.steps_per_epoch
@@ -391,11 +397,10 @@ class TrainIterator:
     if not flags.FLAGS.is_parsed():
       # grain's worker start-up reads absl flags; a script without absl.app has not parsed them.
       flags.FLAGS.mark_as_parsed()
-    # Each worker reads with as many threads as the training process does without workers, so
-    # one worker delivers what no worker did, and each added worker adds to it.
     # drop_remainder: the stream is endless, and rounding its length up overflows an index.
+    threads = _threads_per_worker(self._prefetch, self._num_workers, _cores())
     ds = ds.batch(self._chunk, drop_remainder=True).to_iter_dataset(grain.ReadOptions(
-        num_threads=self._prefetch, prefetch_buffer_size=self._prefetch))
+        num_threads=threads, prefetch_buffer_size=self._prefetch))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=self._num_workers, per_worker_buffer_size=max(self._prefetch, 1)))
     # Own copies: grain hands over shared-memory arrays, which leak if still alive at exit.
@@ -455,6 +460,21 @@ class Datasets:
   def train_iterator(self) -> TrainIterator:
     """A fresh iterator at batch 0 (epoch 0); restore a saved position with set_state()."""
     return TrainIterator(**self._iterator_args)
+
+
+def _threads_per_worker(prefetch: int, num_workers: int, cores: int) -> int:
+  """Read threads in each worker process.
+
+  One worker reads with as many threads as the training process does without workers (prefetch),
+  so it delivers what no worker did; more workers share the cores rather than each taking prefetch
+  threads: decoding threads beyond the cores only contend (docs/performance.md).
+  """
+  return max(1, min(prefetch, cores // num_workers))
+
+
+def _cores() -> int:
+  """CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
 
 
 def _chunk(batch_samples: int) -> int:

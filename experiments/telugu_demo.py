@@ -22,7 +22,7 @@ from experiments import dac_16khz
 
 
 def get_config(arg: str = ''):
-  """'' (the demo), 'long' (the same recipe for 16 epochs) or 'tiny' (for tests)."""
+  """'' (the demo), 'long' (the same recipe for 12 epochs) or 'tiny' (for tests)."""
   if arg not in ('', 'long', 'tiny'):
     raise ValueError(f'unknown variant {arg!r} of telugu_demo.py; use no variant, :long or :tiny')
   c = dac_16khz.get_config('tiny' if arg == 'tiny' else '')
@@ -51,9 +51,8 @@ def get_config(arg: str = ''):
   c.eval_every_steps = 0  # a verdict at each epoch end (830 steps on the shipped corpus)
   c.checkpoint_every_steps = 200
   if arg == 'long':
-    # 13,280 steps: at 0.36-0.49 s per step (the demo's bench/recipe.py runs of 2026-12-03 on
-    # 2 cores shared with other jobs) 80-110 minutes of steps plus 16 evaluations, an estimate
-    # for a 2-hour budget that no full run has checked yet.
+    # 9,960 steps, for a 2-hour budget on 2 cores: the run of 2026-12-06 reached its 12th epoch's
+    # end in 116 minutes, at 9.1-9.5 minutes per epoch (docs/results.md).
     c.experiment_name = 'telugu_demo_long'
-    c.num_epochs = 16
+    c.num_epochs = 12
   return c

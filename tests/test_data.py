@@ -180,13 +180,14 @@ def test_two_processes_split_each_global_batch(tmp_path):
 
 def test_worker_processes_deliver_the_same_batches_and_resume_inside_a_chunk(tmp_path):
   c = _config(_noise_corpus(tmp_path, n_files=3))
-  ds = _make(c)
-  chunk = ds._iterator_args['chunk']  # pylint: disable=protected-access
-  assert chunk > 1  # several batches per hand-over, so the test crosses a chunk's end
-  n = chunk + 3
-  expected = _take(ds.train_iterator(), n)
+  expected_it = _make(c).train_iterator()
+  assert expected_it.chunk == 1  # no workers: no hand-over
   c.num_workers = 1
   it = _make(c).train_iterator()
+  chunk = it.chunk
+  assert chunk > 1  # several batches per hand-over, so the test crosses a chunk's end
+  n = chunk + 3
+  expected = _take(expected_it, n)
   got = _take(it, 2)
   state = it.get_state()
   it.close()
@@ -204,13 +205,20 @@ def test_batches_larger_than_a_chunk_go_one_at_a_time(tmp_path, monkeypatch):
   c = _config(_noise_corpus(tmp_path, n_files=3))
   expected = _take(_make(c).train_iterator(), 3)
   c.num_workers = 1
-  ds = _make(c)
-  assert ds._iterator_args['chunk'] == 1  # pylint: disable=protected-access
-  it = ds.train_iterator()
+  it = _make(c).train_iterator()
+  assert it.chunk == 1
   got = _take(it, 3)
   it.close()
   for a, b in zip(expected, got):
     np.testing.assert_array_equal(a, b)
+
+
+def test_workers_share_the_cores_instead_of_each_taking_prefetch_threads():
+  threads = data._threads_per_worker  # pylint: disable=protected-access
+  assert threads(prefetch=2, num_workers=1, cores=2) == 2  # one worker reads as no worker does
+  assert threads(prefetch=2, num_workers=2, cores=2) == 1  # 2 decoding threads on 2 cores, not 4
+  assert threads(prefetch=2, num_workers=8, cores=16) == 2
+  assert threads(prefetch=2, num_workers=4, cores=2) == 1  # never none
 
 
 # ---- Salient excerpts.
