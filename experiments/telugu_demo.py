@@ -52,7 +52,7 @@ def get_config(arg: str = ''):
   c.checkpoint_every_steps = 200
   if arg == 'long':
     # 9,960 steps, for a 2-hour budget on 2 cores: the run of 2026-12-06 reached its 12th epoch's
-    # end in 116 minutes, at 9.1-9.5 minutes per epoch (docs/results.md).
+    # end in 116 minutes, at 9.0-10.5 minutes per epoch (docs/results.md).
     c.experiment_name = 'telugu_demo_long'
     c.num_epochs = 12
   return c
