@@ -72,11 +72,14 @@ def load_scorers() -> Scorers:
   return Scorers(stoi, pesq, notes)
 
 
-def _pesq_wb(pesq_fn: Callable, reference: np.ndarray, estimate: np.ndarray,
-             sample_rate: int) -> float:
-  reference = audio_io.resample(reference, sample_rate, _PESQ_RATE)
-  estimate = audio_io.resample(estimate, sample_rate, _PESQ_RATE)
-  return float(pesq_fn(_PESQ_RATE, reference, estimate, 'wb'))
+def pesq_wb(pesq_fn: Callable, reference: np.ndarray, estimate: np.ndarray,
+            sample_rate: int) -> float:
+  """Wideband PESQ of f32[T] signals at sample_rate; NaN where pesq refuses them (silence)."""
+  try:
+    return float(pesq_fn(_PESQ_RATE, audio_io.resample(reference, sample_rate, _PESQ_RATE),
+                         audio_io.resample(estimate, sample_rate, _PESQ_RATE), 'wb'))
+  except Exception:  # pylint: disable=broad-except  (pesq raises its own types on silence)
+    return math.nan
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,10 +108,7 @@ def score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
   if scorers.stoi is not None:
     out['stoi'] = float(scorers.stoi(reference, estimate, sample_rate, extended=False))
   if scorers.pesq is not None:
-    try:
-      out['pesq'] = _pesq_wb(scorers.pesq, reference, estimate, sample_rate)
-    except Exception:  # pylint: disable=broad-except  (pesq raises its own types on silence)
-      pass
+    out['pesq'] = pesq_wb(scorers.pesq, reference, estimate, sample_rate)
   return out
 
 

@@ -76,7 +76,7 @@ def main() -> None:
   scorers = evaluate.load_scorers()
   if scorers.pesq is None:
     sys.exit('\n'.join(scorers.notes))
-  pesq = lambda reference, coded: evaluate.score(reference, coded, rate, scorers)['pesq']
+  pesq = lambda reference, coded: evaluate.pesq_wb(scorers.pesq, reference, coded, rate)
   rows = {'codec': [], 'opus': []}
   with tempfile.TemporaryDirectory() as workdir:
     for path in files:
