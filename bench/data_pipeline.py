@@ -10,13 +10,13 @@ Each kind is a synthetic corpus written once under --corpus_root (kept for the n
 
 --data_dir times one folder of your own instead. Per kind and worker count it prints the cold
 start-up (header index built from every file, then the first batch), the warm start-up (index
-read from its cache), audio-seconds per second delivered in steady state, and that rate per
-worker process (0 workers: the training process itself), against the targets: at least
-TARGET_PER_WORKER audio-s/s per worker process, and no slower with more workers. Ends with one
-JSON line.
+read from its cache), audio-seconds per second delivered in steady state (the median of
+--repeats timings, the worker counts interleaved), and that rate per worker process (0 workers:
+the training process itself), against the targets: at least TARGET_PER_WORKER audio-s/s per
+worker process, and no slower with more workers. Ends with one JSON line.
 
   python bench/data_pipeline.py [--kinds short,wav,ogg,mp3,many | --data_dir DIR] [--workers 0,1,2]
-      [--batches 100] [--seconds 10]
+      [--batches 100] [--seconds 10] [--repeats 3]
 """
 import argparse
 import json
@@ -142,6 +142,13 @@ def measure(c, *, workers: int, batches: int, seconds: float, batch_size: int, s
           'per_worker': round(audio_s / max(workers, 1), 1)}
 
 
+def median_row(runs: list[dict[str, float]]) -> dict:
+  """The run of median throughput among repeats of one worker count, with every rate kept."""
+  ranked = sorted(runs, key=lambda row: row['audio_s_per_s'])
+  return {**ranked[(len(ranked) - 1) // 2],
+          'audio_s_per_s_runs': [row['audio_s_per_s'] for row in runs]}
+
+
 def bench_corpus(label: str, root: pathlib.Path, args, work: str) -> dict:
   c = config_lib.base_config().data
   c.data_dir = str(root)
@@ -150,9 +157,17 @@ def bench_corpus(label: str, root: pathlib.Path, args, work: str) -> dict:
   it, cold = _start(c, workers=0, batch_size=args.batch_size, sample_rate=args.sample_rate,
                     cache_dir=cache_dir)
   it.close()
-  rows = [measure(c, workers=int(w), batches=args.batches, seconds=args.seconds,
-                  batch_size=args.batch_size, sample_rate=args.sample_rate, cache_dir=cache_dir)
-          for w in args.workers.split(',')]
+  workers = [int(w) for w in args.workers.split(',')]
+  # Each worker count is timed `repeats` times, the counts interleaved, and its median kept: one
+  # timing of a configuration moves by 10-20% between runs on a shared 2-core machine, as much as
+  # a worker more changes it, and a drift of the machine's speed then falls on every count alike.
+  runs = {w: [] for w in workers}
+  for _ in range(args.repeats):
+    for w in workers:
+      runs[w].append(measure(c, workers=w, batches=args.batches, seconds=args.seconds,
+                             batch_size=args.batch_size, sample_rate=args.sample_rate,
+                             cache_dir=cache_dir))
+  rows = [median_row(runs[w]) for w in workers]
   rates = [row['audio_s_per_s'] for row in rows]
   return {'corpus': label, 'cold_startup_s': round(cold, 2), 'rows': rows,
           'per_worker_met': all(row['per_worker'] >= TARGET_PER_WORKER for row in rows),
@@ -172,11 +187,15 @@ def main() -> None:
   parser.add_argument('--seconds', type=float, default=10.0,
                       help='seconds timed per configuration, at least')
   parser.add_argument('--workers', default='0,1,2', help='comma-separated worker-process counts')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='timings per worker count, interleaved; the median is reported')
   parser.add_argument('--batch_size', type=int, default=12)
   parser.add_argument('--excerpt_seconds', type=float, default=0.38)
   parser.add_argument('--sample_rate', type=int, default=16000)
   args = parser.parse_args()
   kinds = [k for k in args.kinds.split(',') if k]
+  if args.repeats < 1:
+    parser.error(f'--repeats: at least 1 timing per worker count, not {args.repeats}')
   unknown = sorted(set(kinds) - set(KINDS))
   if unknown:
     parser.error(f'--kinds: unknown {unknown}; choose from {",".join(KINDS)}')
@@ -196,16 +215,19 @@ def main() -> None:
       results.append({'kind': kind, **bench_corpus(label, root, args, work)})
 
   print(f'global batch {args.batch_size} x {args.excerpt_seconds} s at {args.sample_rate} Hz; '
-        f'at least {args.batches} batches and {args.seconds:g} s timed; '
+        f'at least {args.batches} batches and {args.seconds:g} s timed, median of '
+        f'{args.repeats} interleaved; '
         f'{os.cpu_count()} CPU cores; target '
         f'{TARGET_PER_WORKER:g} audio-s/s per worker process, no slower with more workers')
-  print('| corpus | cold start-up s | workers | warm start-up s | audio-s/s | per worker | met |')
+  print('| corpus | cold start-up s | workers | warm start-up s | audio-s/s (runs) | per worker | '
+        'met |')
   print('|---|---|---|---|---|---|---|')
   for result in results:
     for i, row in enumerate(result['rows']):
       met = 'yes' if row['per_worker'] >= TARGET_PER_WORKER else 'NO'
       print(f"| {result['corpus'] if i == 0 else ''} | {result['cold_startup_s'] if i == 0 else ''}"
-            f" | {row['workers']} | {row['warm_startup_s']} | {row['audio_s_per_s']} | "
+            f" | {row['workers']} | {row['warm_startup_s']} | {row['audio_s_per_s']} "
+            f"({', '.join(f'{r:g}' for r in row['audio_s_per_s_runs'])}) | "
             f"{row['per_worker']} | {met} |")
     if not result['scales']:
       print(f"  {result['corpus']}: a worker more made it slower")

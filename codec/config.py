@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Every N steps, each level's codes that nothing picked in those N steps move onto latents of
   # the current batch (codec/quantizer.py's restart_dead_codes; 0: never, as DAC).
   c.optim.codebook_restart_steps = 0
+  # The chance that a step updates the discriminators (1: every step, as DAC). EnCodec updates
+  # its discriminator with probability 2/3 at 24 kHz and 1/2 at 48 kHz (Defossez et al. 2022,
+  # arXiv:2210.13438; audiocraft's CompressionSolver, `adversarial.every`); a skipped update
+  # also skips its forward and backward passes, the larger part of a step on CPU.
+  c.optim.discriminator_update_probability = 1.0
   c.optim.clip_generator = 1000.0
   c.optim.clip_discriminator = 10.0
   c.optim.compute_dtype = 'float32'  # or 'bfloat16'; params, optimizer state and losses stay f32

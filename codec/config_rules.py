@@ -144,6 +144,7 @@ RULES = {
     'optim.ema_decay': number(0, 1, hi_open=True),
     'optim.discriminator_warmup_steps': integer(0),
     'optim.codebook_restart_steps': integer(0),
+    'optim.discriminator_update_probability': number(0, 1, lo_open=True),
     'optim.clip_generator': number(0, lo_open=True),
     'optim.clip_discriminator': number(0, lo_open=True),
     'optim.compute_dtype': choice('float32', 'bfloat16'),

@@ -66,6 +66,7 @@ class Models:
   ema_decay: float = 0.0  # 0: no weight average
   codebook_restart_steps: int = 0  # 0: no dead-code restarts
   discriminator_warmup_steps: int = 0  # steps that hold the generator's update back
+  discriminator_update_probability: float = 1.0  # the chance that a step updates them
 
   def __hash__(self):
     return id(self)
@@ -118,7 +119,8 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None,
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
       ema_decay=config.optim.ema_decay,
       codebook_restart_steps=config.optim.codebook_restart_steps,
-      discriminator_warmup_steps=config.optim.discriminator_warmup_steps)
+      discriminator_warmup_steps=config.optim.discriminator_warmup_steps,
+      discriminator_update_probability=config.optim.discriminator_update_probability)
 
 
 def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> TrainState:
@@ -240,15 +242,15 @@ def generator_objective(models: Models, disc_params, audio, recon, commitment, c
       cfg.feat_weight * jnp.sum(feat) + cfg.adv_weight * jnp.sum(adv)))
   terms.update(gen_loss=total, adv_loss=jnp.mean(adv), feat_loss=jnp.mean(feat),
                commitment_loss=commitment, codebook_loss=codebook)
+  # The discriminators' own loss on the same logits: what a step that does not update them
+  # reports (no second pass over the audio).
+  _, terms['discriminator'] = _discriminator_terms(
+      models, real_logits, [jax.lax.stop_gradient(f) for f in fake_logits])
   return total, terms
 
 
-def discriminator_objective(models: Models, disc_params, audio, recon):
-  """Sum over discriminators of their losses on real audio and the stopped reconstruction."""
-  both = jnp.concatenate([audio, jax.lax.stop_gradient(recon)])  # one pass over real and fake
-  logits, _ = _split(models.disc.apply({'params': disc_params}, both))
-  batch = audio.shape[0]
-  real, fake = [l[:batch] for l in logits], [l[batch:] for l in logits]
+def _discriminator_terms(models: Models, real: list[jax.Array], fake: list[jax.Array]):
+  """(sum of the discriminators' losses, their metrics) from their logits on real and fake."""
   per_disc = losses.discriminator_loss(real_logits=real, fake_logits=fake, gan=models.loss.gan)
   return jnp.sum(per_disc), {
       'disc_loss': jnp.mean(per_disc),
@@ -257,13 +259,44 @@ def discriminator_objective(models: Models, disc_params, audio, recon):
   }
 
 
-def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Array):
+def discriminator_objective(models: Models, disc_params, audio, recon):
+  """Sum over discriminators of their losses on real audio and the stopped reconstruction."""
+  both = jnp.concatenate([audio, jax.lax.stop_gradient(recon)])  # one pass over real and fake
+  logits, _ = _split(models.disc.apply({'params': disc_params}, both))
+  batch = audio.shape[0]
+  return _discriminator_terms(models, [l[:batch] for l in logits], [l[batch:] for l in logits])
+
+
+def _update_discriminators(models: Models, state: TrainState, audio, recon):
+  """One AdamW step of the discriminators on real audio and the stopped reconstruction:
+  (params, optimizer state, gradient norm, metrics)."""
+  (_, disc_metrics), disc_grads = jax.value_and_grad(
+      functools.partial(discriminator_objective, models), has_aux=True)(
+          state.disc_params, audio, recon)
+  disc_params, disc_opt_state, disc_grad_norm = models.disc_opt.update(
+      disc_grads, state.disc_opt_state, state.disc_params)
+  return disc_params, disc_opt_state, disc_grad_norm, disc_metrics
+
+
+def updates_discriminators(probability: float, seed: int, step: int) -> bool:
+  """Whether the step after `step` updates the discriminators (optim.discriminator_update_
+  probability): a draw fixed by (seed, step), so that a resumed run makes the same choices.
+
+  Chosen on the host, between two compiled steps: on XLA's CPU backend a lax.cond around the
+  update ran the updating steps 2.4 times slower (1.36 s against 0.57 s, the demo at batch 4).
+  """
+  return probability >= 1.0 or bool(np.random.default_rng([seed, step]).random() < probability)
+
+
+def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Array,
+               update_discriminators: bool = True):
   """One GAN step in DAC's order. audio: f32[B, T]. Returns (new state, metrics).
 
   1. generator forward; 2. discriminator update on the stopped reconstruction; 3. generator
   losses against the *updated* discriminator, back-propagated through the saved forward (no
   second generator forward, and no discriminator weight gradients); 4. generator update.
   A step whose losses or gradients are not finite leaves the state unchanged and reports it.
+  update_discriminators (static): False skips step 2 (see `updates_discriminators`).
   """
   rng = jax.random.fold_in(rng, state.step)
   # Before loss.adversarial_start_step the generator learns reconstruction alone, while the
@@ -282,15 +315,19 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       forward, state.gen_params, has_aux=True)
   code_counts = metrics_lib.code_counts(codes, models.gen.codebook_size, level_mask)
 
-  (_, disc_metrics), disc_grads = jax.value_and_grad(
-      functools.partial(discriminator_objective, models), has_aux=True)(
-          state.disc_params, audio, recon)
-  disc_params, disc_opt_state, disc_grad_norm = models.disc_opt.update(
-      disc_grads, state.disc_opt_state, state.disc_params)
-
+  if update_discriminators:
+    disc_params, disc_opt_state, disc_grad_norm, disc_metrics = _update_discriminators(
+        models, state, audio, recon)
+  else:
+    disc_params, disc_opt_state, disc_grad_norm = (state.disc_params, state.disc_opt_state,
+                                                   jnp.zeros(()))
   (_, gen_terms), output_grads = jax.value_and_grad(
       functools.partial(generator_objective, models, disc_params, adversarial=adversarial),
       argnums=(1, 2, 3), has_aux=True)(audio, recon, commitment, codebook)
+  # A step that holds the discriminators reports their loss as they stand, from this pass.
+  held_metrics = gen_terms.pop('discriminator')
+  if not update_discriminators:
+    disc_metrics = held_metrics
   (gen_grads,) = gen_vjp(output_grads)
   gen_params, gen_opt_state, gen_grad_norm = models.gen_opt.update(
       gen_grads, state.gen_opt_state, state.gen_params)
@@ -327,6 +364,8 @@ def train_step(models: Models, state: TrainState, audio: jax.Array, rng: jax.Arr
       # f32[Q, K], summed over log intervals on device (logs.codebook_fields reads them).
       'code_counts': code_counts,
       'nonfinite': 1.0 - finite.astype(jnp.float32),
+      **({'disc_updated': jnp.float32(update_discriminators)}
+         if models.discriminator_update_probability < 1.0 else {}),
       **restart_metrics,
   }
   return new_state, step_metrics
@@ -363,7 +402,7 @@ def eval_step(models: Models, gen_params, disc_params, audio: jax.Array, weights
   recon = recons[-1]
   _, terms = generator_objective(models, disc_params, audio, recon, q.commitment_loss,
                                  q.codebook_loss)
-  _, disc_terms = discriminator_objective(models, disc_params, audio, recon)
+  disc_terms = terms.pop('discriminator')
   batch = audio.shape[0]
   levels = inter['intermediates']['quantizer']
   per_item = {
@@ -572,7 +611,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   state, history, interval, pending, code_counts = _restore(ckpt, state, train_iter, run,
                                                             frame_rate)
   step_fn = jax.jit(functools.partial(train_step, models), donate_argnums=0,
-                    out_shardings=(replicated, replicated))
+                    out_shardings=(replicated, replicated),
+                    static_argnames=('update_discriminators',))
   # Replicated outputs: every host can read the validation results (multi-host included).
   eval_fn = jax.jit(functools.partial(eval_step, models), out_shardings=replicated)
   run.log_hparams(config)
@@ -587,7 +627,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                               audio_per_step=config.batch_size * config.data.excerpt_seconds)
       while step < schedule.total_steps and schedule.epoch_of(step + 1) == epoch:
         batch = parallel.shard_batch(next(train_iter), mesh)
-        state, step_metrics = step_fn(state, batch, step_rng)
+        state, step_metrics = step_fn(state, batch, step_rng, update_discriminators=(
+            updates_discriminators(models.discriminator_update_probability, config.seed, step)))
         counts = step_metrics.pop('code_counts')
         code_counts = counts if code_counts is None else code_counts + counts
         pending.append(step_metrics)

@@ -96,3 +96,34 @@ def test_dead_codes_restart_on_latents_of_the_batch_every_n_steps(setup):
                                   book[dead[i]])
     np.testing.assert_array_equal(
         book[~dead[i]], unrestarted.gen_params['quantizer'][name]['codebook'][~dead[i]])
+
+
+def test_discriminators_update_on_a_share_of_steps_and_report_their_loss_on_the_others():
+  """optim.discriminator_update_probability=0.5: the steps the seeded draw picks update the
+  discriminators and their optimizer; the others leave both as they were, still train the
+  generator, and report the loss of the discriminators as they stand on the step's audio."""
+  config = tiny_config(**{'optim.discriminator_update_probability': 0.5,
+                          'model.quantizer_dropout': 0.0})
+  models = train.make_models(config)
+  state = jax.jit(functools.partial(train.create_train_state, models, excerpt_samples=EXCERPT))(
+      jax.random.key(0))
+  step = jax.jit(functools.partial(train.train_step, models),
+                 static_argnames=('update_discriminators',))
+  audio = np.asarray(jax.random.normal(jax.random.key(1), (4, EXCERPT))) * 0.1
+  loss = jax.jit(lambda disc_params, gen_params: train.discriminator_objective(
+      models, disc_params, audio, models.gen.apply({'params': gen_params}, audio).audio)[1])
+  for update in (True, False):
+    new, metrics = step(state, audio, jax.random.key(2), update_discriminators=update)
+    assert float(metrics['disc_updated']) == float(update)
+    assert (_max_diff(new.disc_params, state.disc_params) > 0) == update
+    assert (_max_diff(new.disc_opt_state, state.disc_opt_state) > 0) == update
+    assert _max_diff(new.gen_params, state.gen_params) > 0  # the generator learns every step
+    expected = loss(state.disc_params, state.gen_params)
+    for key in ('disc_loss', 'real_logit_mean', 'fake_logit_mean'):
+      np.testing.assert_allclose(metrics[key], expected[key], rtol=1e-4, atol=1e-6)
+  # The draw: fixed by seed and step, near the probability over many steps, never at 1.
+  draws = [train.updates_discriminators(0.5, 0, s) for s in range(400)]
+  assert draws == [train.updates_discriminators(0.5, 0, s) for s in range(400)]
+  assert draws != [train.updates_discriminators(0.5, 1, s) for s in range(400)]
+  assert 0.4 < np.mean(draws) < 0.6
+  assert all(train.updates_discriminators(1.0, 0, s) for s in range(400))
