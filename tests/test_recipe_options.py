@@ -1,6 +1,6 @@
 """Recipe options of the GAN step that DAC does not have: a reconstruction-only phase before the
-adversarial terms, a weight average of the generator used for evaluation and inference, and
-restarts of dead codes."""
+adversarial terms, a weight average of the generator used for evaluation and inference,
+restarts of dead codes, and discriminator updates on a share of the steps."""
 import functools
 
 import jax
@@ -121,7 +121,7 @@ def test_discriminators_update_on_a_share_of_steps_and_report_their_loss_on_the_
     expected = loss(state.disc_params, state.gen_params)
     for key in ('disc_loss', 'real_logit_mean', 'fake_logit_mean'):
       np.testing.assert_allclose(metrics[key], expected[key], rtol=1e-4, atol=1e-6)
-  # The draw: fixed by seed and step, near the probability over many steps, never at 1.
+  # The draw: fixed by seed and step, near the probability over many steps, always at 1.
   draws = [train.updates_discriminators(0.5, 0, s) for s in range(400)]
   assert draws == [train.updates_discriminators(0.5, 0, s) for s in range(400)]
   assert draws != [train.updates_discriminators(0.5, 1, s) for s in range(400)]
