@@ -204,13 +204,14 @@ def shift_phase(audio: np.ndarray, angle: float) -> np.ndarray:
   return np.fft.irfft(rotated, n=audio.shape[-1]).astype(np.float32)
 
 
-def augment(audio: np.ndarray, levels: _Levels, rng: np.random.Generator) -> np.ndarray:
-  """f32[T] -> f32[T]: loudness to loudness_db + U(+-random_gain_db), then maybe a uniform
-  phase rotation, then maybe a sign flip."""
+def augment(audio: np.ndarray, level: float, levels: _Levels,
+            rng: np.random.Generator) -> np.ndarray:
+  """f32[T] -> f32[T]: loudness (now `level` dB) to loudness_db + U(+-random_gain_db), then maybe
+  a uniform phase rotation, then maybe a sign flip."""
   target = levels.loudness_db
   if levels.random_gain_db > 0:
     target += rng.uniform(-levels.random_gain_db, levels.random_gain_db)
-  out = audio_io.normalise_loudness(audio, target)
+  out = audio_io.normalise_loudness(audio, target, level)
   if levels.phase_shift:
     out = shift_phase(out, rng.uniform(-np.pi, np.pi))
   if levels.phase_inversion and rng.random() < 0.5:
@@ -248,23 +249,28 @@ class _BatchLoader:
     for attempt in range(_MAX_REPLACEMENTS):
       if attempt:
         excerpt = int(self.order[epoch * total + (position + attempt) % total])
-      audio = self.read(epoch, excerpt)
-      if audio is not None and audio_io.rms_db(audio) >= self.levels.silence_db:
+      audio, level = self.read(epoch, excerpt)
+      if audio is not None and level >= self.levels.silence_db:
         rng = np.random.default_rng((self.plan.seed, epoch, position, _AUGMENT_STREAM))
-        return augment(audio, self.levels, rng)
+        return augment(audio, level, self.levels, rng)
     return np.zeros(self.plan.excerpt_length, np.float32)  # a corpus of silence: nothing better
 
-  def read(self, epoch: int, excerpt: int) -> np.ndarray | None:
-    """f32[E] raw samples, or None if the file or these samples are unusable.
+  def read(self, epoch: int, excerpt: int) -> tuple[np.ndarray | None, float]:
+    """(f32[E] raw samples, their rms_db), or (None, silence) if the file or these samples are
+    unusable. Each excerpt's loudness is measured once, here: on a corpus of tiny files the
+    per-excerpt Python is the reading's cost.
 
     Salient excerpts: the first candidate at least salient_db loud, else the last one (as DAC).
     """
     file, starts = self.plan.starts(epoch, excerpt)
     for start in starts:
       audio = self.read_at(file, start)
-      if audio is None or audio_io.rms_db(audio) >= self.levels.salient_db:
+      if audio is None:
+        return None, audio_io.SILENCE_FLOOR_DB
+      level = audio_io.rms_db(audio)
+      if level >= self.levels.salient_db:
         break
-    return audio
+    return audio, level
 
   def read_at(self, file: int, start: int) -> np.ndarray | None:
     """f32[E] raw samples of `file` from model-rate sample `start`, or None if unusable."""
