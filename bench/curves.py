@@ -5,7 +5,7 @@ start of training, compile included). Panels: the training mel loss (logged ever
 log_every_steps) and the validation mel distance, SI-SDR and SNR (each evaluation).
 
   python bench/curves.py --run old=runs/recipe/old/seed0 --run new=runs/recipe/new/seed0 \
-      -o docs/results_recipe_curves.png
+      -o docs/results_recipe_curves.png [--minutes 35]
 
 Runs are only comparable in time when they trained on the same machine under the same load.
 """
@@ -64,13 +64,18 @@ def main() -> None:
   parser.add_argument('--run', action='append', required=True, type=parse_run,
                       help='LABEL=RUN_DIR, repeated')
   parser.add_argument('-o', '--out', required=True, help='PNG to write')
+  parser.add_argument('--minutes', type=float, default=0.0,
+                      help='draw each run up to this many minutes since its start (0: all)')
   args = parser.parse_args()
+  if args.minutes < 0:
+    parser.error(f'--minutes: a budget of 0 (all) or more minutes, not {args.minutes:g}')
 
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
   for label, run_dir in args.run:
     start, scalars = read_scalars(run_dir)
     for ax, (tag, title) in zip(axes, PANELS):
-      series = scalars.get(tag, [])
+      series = [point for point in scalars.get(tag, [])
+                if not args.minutes or point[0] - start <= 60 * args.minutes]
       minutes = [(t - start) / 60 for t, _, _ in series]
       ax.plot(minutes, [v for _, _, v in series], marker='' if tag.startswith('train') else 'o',
               label=label)
@@ -78,7 +83,7 @@ def main() -> None:
   for ax in axes:
     ax.set_xlabel('minutes since start')
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+  axes[0].legend(fontsize=8)  # one legend: the panels share their runs and colours
   fig.tight_layout()
   fig.savefig(args.out, dpi=80)
   print(f'wrote {args.out}')
