@@ -10,9 +10,9 @@ Recipe changes from DAC, all for learning visibly within 4 short epochs (see REA
   negative after an epoch; 3 lost on PESQ and SI-SDR, 20 won SNR and SI-SDR only: docs/results.md);
 - batch 4 and learning rate 5e-4 instead of 12 and 1e-4: 3,320 updates in 4 epochs, not DAC's 250k+;
 - the discriminators update on half the steps, drawn per step (EnCodec's practice, Defossez et al.
-  2022, arXiv:2210.13438): a step without their update takes two thirds of the time, and the
-  fourth epoch it buys, in about the time 3 epochs took with every update, is what beats Opus at
-  6 kbps on PESQ, STOI, mel distance and SI-SDR (2 seeds, docs/results.md);
+  2022, arXiv:2210.13438): a step without their update takes two thirds of the time, so 4 epochs
+  take 34-35 minutes against the 26-30 of 3 epochs with every update, and the fourth epoch is
+  what beats Opus at 6 kbps on PESQ, STOI, mel distance and SI-SDR (2 seeds, docs/results.md);
 - the green amplitude band reaches 120%, the range the users' epoch-1 check accepts;
 - no quantizer dropout (DAC: 0.5): the demo is judged at its full 6 kbps, and dropout spends half
   the batches training lower rates (docs/results.md, the ablation table);
