@@ -7,16 +7,20 @@ weights of both nets, the batch, each step's losses and both nets' weights after
 Ours starts from those weights (codec/dac_weights.py) with fresh AdamW states and runs
 codec.train.train_step with the base config's (DAC's) optimiser and loss settings.
 
-The bound: after n steps every parameter within n * (5e-3 * lr + one float32 spacing of its
+The bound: after n steps every parameter within n * (1e-2 * lr + one float32 spacing of its
 value) of DAC's. An AdamW step moves a parameter by about lr (its update is the normalised
 gradient) whatever the gradient's size, so float32 rounding of the gradients (other summation
 orders in XLA and PyTorch) moves it by a small fraction of lr, and each side rounds the updated
 parameter to float32. The fraction is largest for the few entries whose gradient is near AdamW's
-eps (1e-8), where the step's size follows the gradient's: measured on this fixture (2026-12-03),
-3e-4 * lr per step as compiled here, 2.2e-3 with XLA's default optimisations. A wrong loss weight,
-beta, weight decay (0.01 * lr * |p| per step), learning-rate schedule, clipping or step order
-fails it: a feature-matching weight of 1 instead of 2 misses by about 2 lr, no weight decay by
-0.03 lr at step 1, b1 0.9 instead of 0.8 by 0.05 lr per step after 3 steps.
+eps (1e-8), where the step's size follows the gradient's, and it depends on the CPU and on how
+XLA splits the work: measured on this fixture, 3e-4 * lr per step as compiled here (2026-12-03),
+2.2e-3 with XLA's default optimisations, and 6.1e-3 after 3 steps, one entry of 55,036, on an
+AMD EPYC without AVX-512 with the suite's 4 simulated devices (3.4e-3 with one; 2026-12-07). A
+wrong loss weight, beta, weight decay (0.01 * lr * |p| per step), learning-rate schedule,
+clipping or step order fails it (measured on that machine, worst entry in units of n * lr): a
+feature-matching weight of 1 instead of 2 misses by 2 at step 1, no weight decay by 0.031 at
+step 1, b1 0.9 instead of 0.8 by 0.051 after 3 steps. (b2 0.999 instead of 0.99 moves the worst
+entry by 0.002 after 3 steps, within the rounding: b2 weighs in later.)
 """
 import functools
 import json
@@ -100,7 +104,7 @@ def test_parameters_after_steps_match_dac(ref, ours, n):
       err = np.abs(v.astype(np.float64) - theirs[k].astype(np.float64)) - rounding
       worst.append((float(np.max(err)) / (n * lr), f'{net} {k}'))
   worst.sort(reverse=True)
-  assert worst[0][0] <= 5e-3, f'after {n} steps, worst (in units of n * lr): {worst[:5]}'
+  assert worst[0][0] <= 1e-2, f'after {n} steps, worst (in units of n * lr): {worst[:5]}'
 
 
 @pytest.mark.parametrize('n', RECORDED)
