@@ -147,6 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
   # launcher): the codebook gradient's scatter-adds and other reductions give the same bits on
   # every run, at some speed. CPU and TPU runs are deterministic either way.
   c.deterministic = False
+  # XLA's persistent compilation cache (keyed by the program, the jax version and the device):
+  # a resumed run, or a rerun of the same shapes, loads its compiled steps instead of compiling
+  # them again (the demo: 115 s from launch to a 20-step run's exit instead of 256 s on 2 cores,
+  # 13 MB). '' : no cache. The environment's JAX_COMPILATION_CACHE_DIR, when set, wins.
+  c.compilation_cache_dir = '~/.cache/codec/jax'
 
   # ---- Multi-host (jax.distributed); empty/-1 values are read from the environment.
   c.distributed = ml_collections.ConfigDict()

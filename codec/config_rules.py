@@ -183,6 +183,7 @@ RULES = {
     'use_wandb': boolean(),
     'malloc_hugepages': boolean(),
     'deterministic': boolean(),
+    'compilation_cache_dir': text(),
     # Multi-host (0 / -1 / '': read from the environment).
     'distributed.coordinator_address': host_port(),
     'distributed.num_processes': integer(0),

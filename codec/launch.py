@@ -115,8 +115,11 @@ def run_dir(config: ml_collections.ConfigDict) -> str:
 
 def prepare_process(config: ml_collections.ConfigDict, environ=None) -> None:
   """What must precede jax's import: huge-page malloc on the CPU backend (a re-execution, which
-  returns once the tunable is set) and XLA's deterministic-ops flag when config.deterministic."""
+  returns once the tunable is set), XLA's deterministic-ops flag when config.deterministic, and
+  the persistent compilation cache (jax reads JAX_COMPILATION_CACHE_DIR at import)."""
   environ = os.environ if environ is None else environ
+  if config.compilation_cache_dir and not environ.get('JAX_COMPILATION_CACHE_DIR'):
+    environ['JAX_COMPILATION_CACHE_DIR'] = os.path.expanduser(config.compilation_cache_dir)
   if compute.malloc_hugepages(config.malloc_hugepages, compute.launch_backend(environ)):
     hugepages.reexec_if_needed()
   flags_now = environ.get('XLA_FLAGS', '')
@@ -131,7 +134,8 @@ def describe_compute(config: ml_collections.ConfigDict) -> str:
   kernels = compute.choose(config.model.kernels, backend, config.optim.compute_dtype)
   return (f'compute: {backend}, {config.optim.compute_dtype}, kernels={config.model.kernels}: '
           f'{kernels.describe()}; XLA_FLAGS={os.environ.get("XLA_FLAGS") or "(unset)"}; '
-          f'{hugepages.describe()}')
+          f'{hugepages.describe()}; compilation cache: '
+          f'{os.environ.get("JAX_COMPILATION_CACHE_DIR") or "off"}')
 
 
 def run(config: ml_collections.ConfigDict, flag_values) -> None:

@@ -87,6 +87,40 @@ def test_launcher_passes_the_deterministic_flag_to_xla(tmp_path):
   assert out.split() == ['3.0', compute.DETERMINISTIC_FLAG]  # XLA accepted the flag
 
 
+def _compile_in_fresh_process(tmp_path, cache_dir: str, environ_cache: str | None) -> None:
+  """Launches a process that applies the launcher's set-up with config.compilation_cache_dir =
+  cache_dir, then compiles one function."""
+  script = tmp_path / 'probe_cache.py'
+  script.write_text(
+      'import sys\n'
+      'from codec import config, launch\n'
+      'c = config.base_config()\n'
+      'c.malloc_hugepages = False\n'
+      'c.compilation_cache_dir = sys.argv[1]\n'
+      'launch.prepare_process(c)\n'
+      'import jax\n'
+      'print(float(jax.jit(lambda x: (x * 3).sum())(jax.numpy.ones(5))))\n')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+  env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu',
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')  # cache even a tiny compile
+  if environ_cache is not None:
+    env['JAX_COMPILATION_CACHE_DIR'] = environ_cache
+  out = subprocess.run([sys.executable, str(script), cache_dir], env=env, capture_output=True,
+                       text=True, check=True).stdout
+  assert out.split() == ['15.0']
+
+
+def test_compiled_programs_go_to_the_configured_cache_unless_the_environment_names_one(tmp_path):
+  configured, users = tmp_path / 'configured', tmp_path / 'users'
+  _compile_in_fresh_process(tmp_path, str(configured), None)
+  assert list(configured.iterdir())  # the compiled function was written there
+  _compile_in_fresh_process(tmp_path, str(tmp_path / 'ignored'), str(users))
+  assert list(users.iterdir()) and not (tmp_path / 'ignored').exists()
+  before = set(tmp_path.iterdir())
+  _compile_in_fresh_process(tmp_path, '', None)  # '': no cache anywhere
+  assert set(tmp_path.iterdir()) == before
+
+
 def test_fingerprints_do_not_depend_on_kernels():
   config = tiny_config()
   other = tiny_config(**{'model.kernels': 'xla'})

@@ -51,7 +51,7 @@ def _bad_candidates(value):
 
 
 # Free-text fields (paths, names): any string is a valid path or name to check later.
-FREE_TEXT = {'data.data_dir', 'data.val_dir', 'checkpoint_dir'}
+FREE_TEXT = {'data.data_dir', 'data.val_dir', 'checkpoint_dir', 'compilation_cache_dir'}
 
 
 @pytest.mark.parametrize('path', [p for p in config_rules.fields(config_lib.base_config())
