@@ -23,13 +23,11 @@ def test_shipped_experiments_pass(module, variant):
   assert config_rules.problems(module.get_config(variant)) == []
 
 
-def test_long_demo_is_the_demo_recipe_trained_longer_with_every_discriminator_update():
+def test_long_demo_is_the_demo_recipe_trained_longer():
   demo, long = telugu_demo.get_config(''), telugu_demo.get_config('long')
   assert config_rules.problems(long) == []
-  assert long.num_epochs > demo.num_epochs
-  assert long.optim.discriminator_update_probability == 1.0  # as its 2-hour run was measured
+  assert (demo.num_epochs, long.num_epochs) == (4, 16)  # the epoch counts docs/results.md measured
   long.num_epochs, long.experiment_name = demo.num_epochs, demo.experiment_name
-  long.optim.discriminator_update_probability = demo.optim.discriminator_update_probability
   assert long.to_dict() == demo.to_dict()
   with pytest.raises(ValueError, match=':long'):
     telugu_demo.get_config('longer')
