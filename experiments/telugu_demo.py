@@ -58,9 +58,10 @@ def get_config(arg: str = ''):
   c.eval_every_steps = 0  # a verdict at each epoch end (830 steps on the shipped corpus)
   c.checkpoint_every_steps = 200
   if arg == 'long':
-    # 13,280 steps, for a 2-hour budget on 2 cores: the run of 2026-12-07 reached its 16th
-    # epoch's end in 107 minutes, compile and epoch-end verdicts included, ahead of Opus at
-    # 8 kbps on PESQ, STOI, mel distance and SI-SDR from the 13th (docs/results.md).
+    # 13,280 steps, for a 2-hour budget on 2 cores: the 2 seeds run on 2026-12-07 reached their
+    # 16th epoch's end in 107 and 108 minutes, compile and epoch-end verdicts included, ahead of
+    # Opus at 8 kbps on PESQ, STOI, mel distance and SI-SDR from the 13th and the 12th
+    # (docs/results.md).
     c.experiment_name = 'telugu_demo_long'
     c.num_epochs = 16
   return c
