@@ -114,13 +114,28 @@ def make_models(config: ml_collections.ConfigDict, backend: str | None = None,
                                                      kernels=kernels, dac_init=config.dac_init),
       gen_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_generator,
                                           updates=gen_updates),
-      disc_opt=optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator,
-                                           updates=total_steps),
+      disc_opt=discriminator_optimizer(config, total_steps),
       loss=ml_collections.FrozenConfigDict(config.loss), sample_rate=config.model.sample_rate,
       ema_decay=config.optim.ema_decay,
       codebook_restart_steps=config.optim.codebook_restart_steps,
       discriminator_warmup_steps=config.optim.discriminator_warmup_steps,
       discriminator_update_probability=config.optim.discriminator_update_probability)
+
+
+def discriminator_optimizer(config: ml_collections.ConfigDict,
+                            total_steps: int | None) -> optimizer.AdamW:
+  """The discriminators' AdamW. Its schedule counts their own updates, which at
+  optim.discriminator_update_probability < 1 are the steps drawn by `updates_discriminators`:
+  those are counted ahead (43 us a step, only for a cooldown), so that the rate falls over the
+  updates of the run's last optim.cooldown_steps steps and reaches 0 at its last step."""
+  opt = optimizer.AdamW.from_config(config.optim, config.optim.clip_discriminator,
+                                    updates=total_steps)
+  probability = config.optim.discriminator_update_probability
+  if probability >= 1.0 or not opt.cooldown:
+    return opt
+  drawn = [updates_discriminators(probability, config.seed, step) for step in range(total_steps)]
+  cooldown_start = max(total_steps - config.optim.cooldown_steps, 0)
+  return dataclasses.replace(opt, total=sum(drawn), cooldown=max(sum(drawn[cooldown_start:]), 1))
 
 
 def create_train_state(models: Models, rng: jax.Array, excerpt_samples: int) -> TrainState:

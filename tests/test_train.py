@@ -192,6 +192,23 @@ def test_cooldown_of_a_generator_held_by_the_discriminator_warmup_ends_with_the_
     train.make_models(config)
 
 
+def test_cooldown_of_discriminators_updated_on_a_share_of_the_steps_follows_the_steps():
+  """At optim.discriminator_update_probability < 1 their optimizer counts only the drawn steps:
+  its rate stays whole until the run's last optim.cooldown_steps steps, then falls over the
+  updates drawn among them and reaches 0 after the run's last update."""
+  share = {'optim.discriminator_update_probability': 0.5}
+  config = tiny_config(**share, **{'optim.cooldown_steps': 4})
+  drawn = [train.updates_discriminators(0.5, config.seed, step) for step in range(24)]
+  updates, in_cooldown = sum(drawn), sum(drawn[20:])
+  assert updates < 20 and in_cooldown >= 2, drawn  # a share, and a fall over 2 or more updates
+  opt = train.make_models(config, total_steps=24).disc_opt
+  plain = train.make_models(tiny_config(**share), total_steps=24).disc_opt
+  rate = lambda o, count: float(o.learning_rate_at(count))
+  first = updates - in_cooldown  # the count of the first update in the last 4 steps
+  assert rate(opt, first) == rate(plain, first) > 0
+  assert 0 < rate(opt, updates - 1) < rate(plain, updates - 1) and rate(opt, updates) == 0
+
+
 @pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_ask_the_loop_to_save_and_stop(signum):
   interrupt = train._Interrupt()  # pylint: disable=protected-access
