@@ -20,9 +20,10 @@ Recipe changes from DAC, all for learning visibly within 4 short epochs (see REA
 - evaluation and inference use a weight average of the generator (decay 0.99, a horizon of about
   100 of the 3,320 steps): it smooths the GAN's step-to-step oscillation, and a short horizon
   lags less behind a model still improving fast (0.995 beat 0.997, and 0.997 beat 0.998, on all
-  five scores in 2 of 2 seeds; 0.99 beat 0.995 on PESQ, STOI, SNR and SI-SDR in both, with mel
-  distance 0.007 worse and equal; 0.98 and 0.999 lost: docs/results.md).
-  `:long` keeps 0.998, the decay its 2 seeds were measured with.
+  five scores in 2 of 2 seeds; 0.99 beat 0.995 on PESQ, STOI, SNR and SI-SDR in both, its mel
+  distance 0.007 worse in one and equal in the other; 0.98 and 0.999 lost: docs/results.md).
+  `:long` keeps 0.998, the decay its 2 seeds were measured with: by its 16th epoch the model
+  moves slowly, and 0.99 lost to it on all five scores (seed 1, resumed at step 12450).
 - not DAC's initialisation (`dac_init=False`): the decoder's transposed convs start with our other
   convs' fan-in (K x C_in) and zero biases, the discriminators' convs with zero biases; it gave
   0.023-0.029 more STOI and 0.13-0.14 less mel distance in the 2 seeds measured (docs/results.md).
@@ -68,5 +69,5 @@ def get_config(arg: str = ''):
     # (docs/results.md).
     c.experiment_name = 'telugu_demo_long'
     c.num_epochs = 16
-    c.optim.ema_decay = 0.998  # what the 2 seeds above ran with; 0.99 is unmeasured at 16 epochs
+    c.optim.ema_decay = 0.998  # what the 2 seeds above ran with; 0.99 lost in epoch 16
   return c
