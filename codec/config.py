@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Every N steps, each level's codes that nothing picked in those N steps move onto latents of
   # the current batch (codec/quantizer.py's restart_dead_codes; 0: never, as DAC).
   c.optim.codebook_restart_steps = 0
+  # Before the first step, every codebook starts at the k-means centroids of its latents over
+  # the first N training batches (codec/codebook_init.py; SoundStream, EnCodec). 0: DAC's N(0, 1)
+  # codes. The batches are then trained on as usual.
+  c.optim.codebook_kmeans_batches = 0
   # The chance that a step updates the discriminators (1: every step, as DAC). EnCodec updates
   # its discriminator with probability 2/3 at 24 kHz and 1/2 at 48 kHz (Defossez et al. 2022,
   # arXiv:2210.13438; audiocraft's CompressionSolver, `adversarial.every`); a skipped update

@@ -144,6 +144,7 @@ RULES = {
     'optim.ema_decay': number(0, 1, hi_open=True),
     'optim.discriminator_warmup_steps': integer(0),
     'optim.codebook_restart_steps': integer(0),
+    'optim.codebook_kmeans_batches': integer(0),
     'optim.discriminator_update_probability': number(0, 1, lo_open=True),
     'optim.clip_generator': number(0, lo_open=True),
     'optim.clip_discriminator': number(0, lo_open=True),
@@ -279,6 +280,24 @@ def _bands_have_bins(c) -> list:
   return []
 
 
+def _kmeans_points(c) -> list:
+  batches = c.optim.codebook_kmeans_batches
+  if not batches:
+    return []
+  if c.init_from:
+    return [('optim.codebook_kmeans_batches', f'is {batches}, but {flag_name("init_from")} '
+                                              'loads trained codebooks: set it to 0')]
+  hop = math.prod(c.model.encoder_rates)
+  frames = -(-int(round(c.data.excerpt_seconds * c.model.sample_rate)) // hop)
+  points = batches * c.batch_size * frames
+  if points < c.model.codebook_size:
+    need = -(-c.model.codebook_size // (c.batch_size * frames))
+    return [('optim.codebook_kmeans_batches',
+             f'({batches} batches of {c.batch_size} excerpts of {frames} frames: {points} latents) '
+             f'gives fewer latents than codes ({c.model.codebook_size}): give at least {need}')]
+  return []
+
+
 def _process_id(c) -> list:
   dist = c.distributed
   if dist.num_processes > 1 and dist.process_id >= dist.num_processes:
@@ -290,7 +309,7 @@ def _process_id(c) -> list:
 RELATIONS = (
     _equal_lengths('loss.mel_windows', 'loss.mel_bins'),
     _hop, _decoder_width, _some_discriminator, _bands_have_bins, _excerpt_fits_windows,
-    _process_id,
+    _kmeans_points, _process_id,
     _ordered('health.min_feat_loss', 'health.max_feat_loss'),
     _ordered('health.min_amplitude_ratio', 'health.max_amplitude_ratio'),
     _ordered('health.green_amplitude_low', 'health.green_amplitude_high'),

@@ -142,7 +142,7 @@ class Generator(nn.Module):
     self.decoder = Decoder(self.decoder_dim, self.decoder_rates, dtype=self.dtype,
                            kernels=self.kernels, torch_upsample_init=self.dac_init)
 
-  def _encode_latent(self, audio: jax.Array) -> jax.Array:
+  def encode_latent(self, audio: jax.Array) -> jax.Array:
     """audio: f32[B, T] -> f32[B, ceil(T / hop), latent]; right-pads T to a multiple of the hop."""
     pad = -audio.shape[-1] % self.hop_length
     audio = jnp.pad(audio, ((0, 0), (0, pad)))
@@ -151,7 +151,7 @@ class Generator(nn.Module):
   def __call__(self, audio: jax.Array, *, dropout_rng: jax.Array | None = None,
                n_quantizers: int | None = None) -> GeneratorOutput:
     """The training forward: reconstruction, quantizer losses and codes, same length as `audio`."""
-    q = self.quantizer(self._encode_latent(audio), n_quantizers=n_quantizers,
+    q = self.quantizer(self.encode_latent(audio), n_quantizers=n_quantizers,
                        dropout_rng=dropout_rng)
     recon = self.decoder(q.z_q)[:, :audio.shape[-1]]
     return GeneratorOutput(audio=recon, codes=q.codes, level_mask=q.level_mask,
@@ -160,7 +160,7 @@ class Generator(nn.Module):
   def latents_by_level(self, audio: jax.Array) -> tuple[rvq.QuantizerOutput, jax.Array]:
     """The rate-distortion forward: (quantizer output with every level, z_q of levels 1..n for
     each n, f32[Q, B, N, C]); decode_latent of entry n-1 is the reconstruction at n levels."""
-    q = self.quantizer(self._encode_latent(audio))
+    q = self.quantizer(self.encode_latent(audio))
     parts = [self.quantizer.levels[i].embed(q.codes[:, i]) for i in range(self.n_codebooks)]
     return q, jnp.cumsum(jnp.stack(parts), axis=0)
 
@@ -170,7 +170,7 @@ class Generator(nn.Module):
 
   def encode(self, audio: jax.Array, n_quantizers: int | None = None) -> jax.Array:
     """audio: f32[B, T] -> codes: int32[B, Q, ceil(T / hop)]."""
-    return self.quantizer(self._encode_latent(audio), n_quantizers=n_quantizers).codes
+    return self.quantizer(self.encode_latent(audio), n_quantizers=n_quantizers).codes
 
   def decode(self, codes: jax.Array, length: int | None = None) -> jax.Array:
     """codes: int32[B, Q, N] -> audio: f32[B, length or N * hop]."""

@@ -23,7 +23,7 @@ class QuantizerOutput:
   codebook_loss: jax.Array  # f32[]
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), 1e-24))
 
 
@@ -42,16 +42,20 @@ class VectorQuantizer(nn.Module):
 
   def nearest(self, z_e: jax.Array) -> jax.Array:
     """z_e: f32[B, N, D] -> int32[B, N], the code of highest cosine similarity."""
-    sim = jnp.einsum('bnd,kd->bnk', _l2_normalize(z_e), _l2_normalize(self.codebook))
+    sim = jnp.einsum('bnd,kd->bnk', l2_normalize(z_e), l2_normalize(self.codebook))
     return jnp.argmax(sim, axis=-1).astype(jnp.int32)
 
   def embed(self, codes: jax.Array) -> jax.Array:
     """codes: int32[B, N] -> f32[B, N, C]."""
     return self.out_proj(jnp.take(self.codebook, codes, axis=0))
 
+  def project(self, residual: jax.Array) -> jax.Array:
+    """residual: f32[B, N, C] -> z_e: f32[B, N, D], what the codes are compared with."""
+    return self.in_proj(residual.astype(jnp.float32))
+
   def __call__(self, residual: jax.Array):
     """residual: f32[B, N, C] -> (out f32[B, N, C], codes int32[B, N], commit f32[B], cb f32[B])."""
-    z_e = self.in_proj(residual.astype(jnp.float32))
+    z_e = self.project(residual)
     # Diagnostics (read with mutable=['intermediates']; a no-op otherwise): the commitment loss
     # compares raw z_e and code rows, so their norms explain it. f32[B], mean over frames.
     self.sow('intermediates', 'z_e_norm', jnp.mean(jnp.linalg.norm(z_e, axis=-1), axis=-1))

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from codec import checkpoint
+from codec import codebook_init
 from codec import compute
 from codec import config_rules
 from codec import dac_runs
@@ -174,6 +175,23 @@ def start_from(models: Models, state: TrainState, gen_params, disc_params, shard
   gen_opt_state, disc_opt_state = fresh(gen_params, disc_params)
   return state.replace(gen_params=gen_params, disc_params=disc_params, gen_opt_state=gen_opt_state,
                        disc_opt_state=disc_opt_state,
+                       gen_ema=None if state.gen_ema is None else gen_params)
+
+
+def codebooks_from_data(models: Models, state: TrainState, train_iter, n_batches: int,
+                        rng: jax.Array, mesh) -> TrainState:
+  """state with each codebook at the k-means centroids of its latents over the next n_batches
+  training batches (codec/codebook_init.py), in the weights and their average alike; the
+  iterator is rewound, so training then sees those batches as it would have."""
+  start = train_iter.get_state()
+  encode = jax.jit(functools.partial(codebook_init.encode_latents, models.gen))
+  latents = [encode(state.gen_params, parallel.shard_batch(next(train_iter), mesh))
+             for _ in range(n_batches)]
+  train_iter.set_state(start)
+  fit = jax.jit(functools.partial(codebook_init.fit_codebooks, models.gen),
+                out_shardings=parallel.replicated(mesh))
+  gen_params = fit(state.gen_params, jnp.concatenate(latents), rng)
+  return state.replace(gen_params=gen_params,
                        gen_ema=None if state.gen_ema is None else gen_params)
 
 
@@ -625,6 +643,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   frame_rate = config.model.sample_rate / models.gen.hop_length
   state, history, interval, pending, code_counts = _restore(ckpt, state, train_iter, run,
                                                             frame_rate)
+  if int(state.step) == 0 and config.optim.codebook_kmeans_batches:
+    state = codebooks_from_data(models, state, train_iter, config.optim.codebook_kmeans_batches,
+                                jax.random.fold_in(init_rng, 1), mesh)
+    run.info(f'Codebooks from k-means of the latents of the first '
+             f'{config.optim.codebook_kmeans_batches} batches')
   step_fn = jax.jit(functools.partial(train_step, models), donate_argnums=0,
                     out_shardings=(replicated, replicated),
                     static_argnames=('update_discriminators',))

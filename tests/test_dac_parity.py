@@ -72,7 +72,7 @@ def test_generator_matches_dac(ref, name):
   @jax.jit
   def run(params, audio):
     out = gen.apply({'params': params}, audio)
-    latent = gen.apply({'params': params}, audio, method=gen._encode_latent)
+    latent = gen.apply({'params': params}, audio, method=gen.encode_latent)
     return out, latent
 
   out, latent = run(params, audio)
