@@ -174,8 +174,7 @@ def start_from(models: Models, state: TrainState, gen_params, disc_params, shard
                   out_shardings=sharding)
   gen_opt_state, disc_opt_state = fresh(gen_params, disc_params)
   return state.replace(gen_params=gen_params, disc_params=disc_params, gen_opt_state=gen_opt_state,
-                       disc_opt_state=disc_opt_state,
-                       gen_ema=None if state.gen_ema is None else gen_params)
+                       disc_opt_state=disc_opt_state, gen_ema=_average_from(state, gen_params))
 
 
 def codebooks_from_data(models: Models, state: TrainState, train_iter, n_batches: int,
@@ -191,8 +190,13 @@ def codebooks_from_data(models: Models, state: TrainState, train_iter, n_batches
   fit = jax.jit(functools.partial(codebook_init.fit_codebooks, models.gen),
                 out_shardings=parallel.replicated(mesh))
   gen_params = fit(state.gen_params, jnp.concatenate(latents), rng)
-  return state.replace(gen_params=gen_params,
-                       gen_ema=None if state.gen_ema is None else gen_params)
+  return state.replace(gen_params=gen_params, gen_ema=_average_from(state, gen_params))
+
+
+def _average_from(state: TrainState, gen_params):
+  """A weight average restarted at gen_params (None where the run keeps none), in buffers of
+  its own: the train step donates the state, and a buffer held twice cannot be donated."""
+  return None if state.gen_ema is None else jax.tree.map(jnp.copy, gen_params)
 
 
 def update_ema(ema, params, decay: float):

@@ -110,8 +110,9 @@ def test_codebooks_from_data_fits_the_next_batches_and_rewinds_the_iterator(tiny
 def test_a_run_starts_from_the_fitted_codebooks(tiny_corpus, tmp_path, capsys):
   """The loop fits the codebooks before its first step: one step later they are still close to
   the fit (one AdamW step moves a code by about the learning rate) and far from the N(0, 1) draw
-  a run without the option starts from."""
-  config = tiny_config(tiny_corpus, max_steps=1, **{'optim.codebook_kmeans_batches': 2})
+  a run without the option starts from. With a weight average, which restarts at the fit."""
+  config = tiny_config(tiny_corpus, max_steps=1, **{'optim.codebook_kmeans_batches': 2,
+                                                     'optim.ema_decay': 0.9})
   train.train_and_evaluate(config, str(tmp_path))
   assert 'Codebooks from k-means of the latents of the first 2 batches' in capsys.readouterr().out
   gen_params, _, _ = checkpoint.restore_params(str(tmp_path))

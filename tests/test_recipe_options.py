@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from codec import checkpoint
+from codec import parallel
 from codec import train
 from conftest import tiny_config
 
@@ -127,3 +128,15 @@ def test_discriminators_update_on_a_share_of_steps_and_report_their_loss_on_the_
   assert draws != [train.updates_discriminators(0.5, 1, s) for s in range(400)]
   assert 0.4 < np.mean(draws) < 0.6
   assert all(train.updates_discriminators(1.0, 0, s) for s in range(400))
+
+
+def test_weights_set_before_the_first_step_give_the_average_buffers_of_its_own(setup):
+  """init_from (start_from) restarts the average at the weights it loads; the jitted step donates
+  the state, which fails on a buffer held twice (f(donate(a), donate(a)))."""
+  config, state, other, _, _ = setup
+  models = train.make_models(config)
+  started = train.start_from(models, state, other.gen_params, None,
+                             parallel.replicated(parallel.make_mesh()))
+  assert _max_diff(started.gen_ema, other.gen_params) == 0.0
+  donated = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+  jax.block_until_ready(donated(started))
