@@ -111,3 +111,20 @@ def test_user_flags_are_named_as_typed():
 def test_relations_between_fields(overrides, message):
   with pytest.raises(config_rules.ConfigError, match=re.escape(message)):
     config_rules.check(tiny_config(**overrides))
+
+
+def test_excerpt_rule_counts_the_samples_the_loader_cuts():
+  # An excerpt whose length in samples is a hair under a whole number: the loader rounds it up,
+  # so a rule that truncated would refuse an excerpt one sample longer than its limit.
+  from codec import data  # pylint: disable=g-import-not-at-top  (grain; only this test needs it)
+  config = tiny_config()
+  largest = max([*config.loss.mel_windows, *config.discriminator.fft_sizes,
+                 *(config.loss.stft_windows if config.loss.stft_weight else ())])
+  rate = config.model.sample_rate
+  shortest = largest // 2 + 1
+  config.data.excerpt_seconds = (shortest - 1e-6) / rate
+  assert data._seconds_to_samples(config.data.excerpt_seconds, rate) == shortest
+  config_rules.check(config)
+  config.data.excerpt_seconds = (shortest - 0.6) / rate  # rounds to the limit itself
+  with pytest.raises(config_rules.ConfigError, match=f'= {shortest - 1} samples'):
+    config_rules.check(config)
