@@ -114,8 +114,8 @@ def test_relations_between_fields(overrides, message):
 
 
 def test_excerpt_rule_counts_the_samples_the_loader_cuts():
-  # An excerpt whose length in samples is a hair under a whole number: the loader rounds it up,
-  # so a rule that truncated would refuse an excerpt one sample longer than its limit.
+  # An excerpt a hair under a whole number of samples: the loader rounds it up to a length that
+  # fits the windows, so a rule that truncated would refuse an excerpt the loader cuts long enough.
   from codec import data  # pylint: disable=g-import-not-at-top  (grain; only this test needs it)
   config = tiny_config()
   largest = max([*config.loss.mel_windows, *config.discriminator.fft_sizes,
