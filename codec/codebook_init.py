@@ -1,12 +1,12 @@
 """Codebooks initialised from data: k-means of the first batches' latents, level by level.
 
 SoundStream (Zeghidour et al. 2021, arXiv:2107.03312) and EnCodec (Defossez et al. 2022,
-arXiv:2210.13438) start each codebook at the k-means centroids of the first batch's latents, so
-that every code starts where latents are and is picked from the first step; DAC draws its codes
-from N(0, 1); on the demo this lost far behind (docs/results.md). Here the nearest code is the
-one of highest cosine similarity (codec/quantizer.py), so points are assigned by cosine and each
-centroid is the plain mean of its points: the raw code row is what the commitment and codebook
-losses compare with z_e.
+arXiv:2210.13438) start each codebook at the k-means centroids of the first batch's latents, so that
+every code starts where latents are and is picked from the first step. DAC draws its codes from
+N(0, 1), and on the demo k-means codebooks lost far behind DAC's (docs/results.md). Here the nearest
+code is the one of highest cosine similarity (codec/quantizer.py), so points are assigned by cosine
+and each centroid is the plain mean of its points: the raw code row is what the commitment and
+codebook losses compare with z_e.
 
 Levels are fitted in order: level i's points are the residual left by levels 0..i-1 quantised
 with their new codebooks, as training will see them. Shapes: M points, D codebook dim, K codes,

@@ -184,6 +184,11 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def excerpt_samples(c: ml_collections.ConfigDict) -> int:
+  """data.excerpt_seconds in samples at model.sample_rate, rounded as the loader cuts it."""
+  return int(round(c.data.excerpt_seconds * c.model.sample_rate))
+
+
 def make_tiny(c: ml_collections.ConfigDict) -> None:
   """Shrinks every size (same architecture family, same rates) so a step compiles fast on CPU."""
   c.model.encoder_dim = 4

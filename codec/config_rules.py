@@ -14,6 +14,7 @@ from typing import Any, Callable
 import ml_collections
 
 from codec import compute  # imports no jax
+from codec import config as config_lib
 
 
 class ConfigError(ValueError):
@@ -253,13 +254,8 @@ def _some_discriminator(c) -> list:
   return []
 
 
-def _excerpt_samples(c) -> int:
-  # Rounded as data.py and train.py round it, so a rule sees the length the loader will cut.
-  return int(round(c.data.excerpt_seconds * c.model.sample_rate))
-
-
 def _excerpt_fits_windows(c) -> list:
-  excerpt = _excerpt_samples(c)
+  excerpt = config_lib.excerpt_samples(c)
   windows = {'loss.mel_windows': max(c.loss.mel_windows)}
   if c.loss.stft_weight:
     windows['loss.stft_windows'] = max(c.loss.stft_windows)
@@ -293,7 +289,7 @@ def _kmeans_points(c) -> list:
     return [('optim.codebook_kmeans_batches', f'is {batches}, but {flag_name("init_from")} '
                                               'loads trained codebooks: set it to 0')]
   hop = math.prod(c.model.encoder_rates)
-  frames = -(-_excerpt_samples(c) // hop)
+  frames = -(-config_lib.excerpt_samples(c) // hop)
   points = batches * c.batch_size * frames
   if points < c.model.codebook_size:
     need = -(-c.model.codebook_size // (c.batch_size * frames))

@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from codec import audio_io
+from codec import config as config_lib
 from codec import data
 from codec import inference
 from codec import metrics
@@ -162,7 +163,7 @@ def select_files(data_dir: str, split: str, codec: inference.Codec) -> tuple[lis
   try:
     corpus = audio_io.index_corpus(
         root, 'data_dir', cache_dir=None, sample_rate=codec.sample_rate,
-        min_length=int(round(config.data.excerpt_seconds * codec.sample_rate)), write=False)
+        min_length=config_lib.excerpt_samples(config), write=False)
   except ValueError as error:
     raise inference.CodecError(str(error)) from None
   _, val = data.split_train_val(corpus.usable, config.data.val_fraction)

@@ -19,6 +19,7 @@ import numpy as np
 from codec import checkpoint
 from codec import codebook_init
 from codec import compute
+from codec import config as config_lib
 from codec import config_rules
 from codec import dac_runs
 from codec import data
@@ -629,7 +630,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
   schedule = Schedule.from_config(config, datasets.steps_per_epoch)
   models = make_models(config, total_steps=schedule.total_steps)
-  excerpt = int(round(config.data.excerpt_seconds * config.model.sample_rate))
+  excerpt = config_lib.excerpt_samples(config)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   replicated = parallel.replicated(mesh)
   state = jax.jit(functools.partial(create_train_state, models, excerpt_samples=excerpt),
